@@ -1,0 +1,1 @@
+"""Vision-language backbones: loaders that return transformers' own model classes."""

@@ -1,0 +1,1 @@
+"""Benchmarks: task sequences, their files on disk, and how each task is scored."""

@@ -1,0 +1,46 @@
+"""prism's own methods, backbones, benchmarks and metrics, registered through the
+same hooks a third-party plugin uses. Strings only: nothing heavy is imported here."""
+
+from __future__ import annotations
+
+from prism import hookimpl
+
+
+@hookimpl
+def register_methods(register):
+    register("zeroshot", "prism.methods.zeroshot:ZeroShot",
+             "the base model with no training: the lower reference")
+    register("ft_lora", "prism.methods.ft_lora:FineTuneLoRA",
+             "one LoRA trained on each task in turn, nothing against forgetting")
+
+
+@hookimpl
+def register_backbones(register):
+    register("llava", "prism.backbones.llava:LlavaBackbone",
+             "LLaVA-1.5 (transformers LlavaForConditionalGeneration, llava-hf format)")
+
+
+@hookimpl
+def register_benchmarks(register):
+    register("synthetic", "prism.benchmarks.synthetic:SyntheticBenchmark",
+             "generated shapes benchmark, 5 tasks, runs on a laptop CPU in minutes")
+
+
+@hookimpl
+def register_metrics(register):
+    register("exact_match", "prism.evaluation.metrics:exact_match",
+             "case-insensitive exact match after stripping (upper-cased comparison)")
+    register("exact_match_normalized", "prism.evaluation.metrics:exact_match_normalized",
+             "exact match after VQA-style normalisation (punctuation, articles, number words)")
+    register("containment", "prism.evaluation.metrics:containment",
+             "answer contained in prediction or prediction in answer (lower-cased)")
+    register("option_accuracy", "prism.evaluation.metrics:option_accuracy",
+             "the option letter chosen in the prediction equals the answer")
+    register("vqa_accuracy", "prism.evaluation.metrics:vqa_accuracy",
+             "VQA v2 accuracy: EvalAI normalisation, min(#matches/3, 1) over 10-choose-9 subsets")
+    register("anls", "prism.evaluation.metrics:anls",
+             "average normalised Levenshtein similarity, threshold 0.5 (DocVQA)")
+    register("iou50", "prism.evaluation.metrics:iou50",
+             "IoU@0.5 of a predicted [x1, y1, x2, y2] box against the target (grounding)")
+    register("coco_caption", "prism.evaluation.metrics:coco_caption",
+             "mean of BLEU-1..4, METEOR, ROUGE-L, CIDEr (x100) via pycocoevalcap")

@@ -1,0 +1,57 @@
+"""Options and helpers shared by the command modules (cheap to import)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+CONFIG_FILE_NAME = "prism.toml"
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="prism.toml to use (default: $PRISM_CONFIG, else the nearest "
+                 "prism.toml in this or a parent folder).", show_default=False),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config value: KEY=VALUE, the value parsed as TOML "
+                 "(e.g. --set train.lr=1e-4 --set 'benchmark.tasks=[0,2]'). Repeatable.",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+def find_config_file(start: Path | None = None) -> Path | None:
+    """PRISM_CONFIG, else the nearest prism.toml walking up from ``start`` (the cwd)."""
+    env = os.environ.get("PRISM_CONFIG")
+    if env:
+        return Path(env)
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / CONFIG_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def project_dir_for_plugins() -> Path:
+    """The folder whose plugins/*.py load: where prism.toml is, else the cwd."""
+    found = find_config_file()
+    return found.resolve().parent if found is not None and found.exists() else Path.cwd()
+
+
+def emit_json(obj: Any) -> None:
+    """JSON to stdout (human output goes to stderr)."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)

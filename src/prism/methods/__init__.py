@@ -1,0 +1,1 @@
+"""Continual-learning methods: one module per method, all on the contract in ``base``."""

@@ -1,0 +1,171 @@
+"""The method contract: what a continual-learning method may do, as a few hooks.
+
+The engine runs, for each task t of the sequence::
+
+    method.begin_task(task)
+    records = method.training_records(task, records)       # e.g. mix in a replay buffer
+    for batch in batches(records):
+        method.before_forward(batch, training=True)          # e.g. set per-sample routing
+        outputs = model(**batch.model_inputs)
+        loss = method.loss(task, batch, outputs)             # e.g. add a regulariser
+        ...optimizer step on method.trainable_parameters()...
+    method.end_task(task, fit)                               # e.g. Fisher, freezing, merging
+    method.prepare_inference(task)                           # e.g. choose how slots mix at test time
+    for batch in test batches: method.before_forward(batch, training=False); generate
+
+and saves ``method.state_dict()`` / ``method.state_metadata()`` with the adapters.
+The engine never asks which method it runs. Methods return values; nothing
+mutates a shared ``loss`` attribute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # keep `import prism.methods.base` light for `prism methods show`
+    import torch
+
+    from prism.adapters import AdapterSet
+    from prism.backbones.base import LoadedBackbone
+    from prism.benchmarks.base import TaskSpec
+    from prism.benchmarks.data import Batch
+
+
+class MethodParams(BaseModel):
+    """Hyper-parameters of a method; subclasses add fields with published defaults.
+
+    Each field's ``description`` is what ``prism methods show ID`` prints.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoRAParams(MethodParams):
+    """The LoRA settings shared by LoRA-family methods."""
+
+    r: int = Field(8, ge=1, description="LoRA rank (total; methods with slots split it)")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: str = Field(
+        "attn_and_ffn",
+        description="preset (attn, attn_and_ffn, ffn, all_linear) or a regex over module paths",
+    )
+
+
+@dataclass
+class TaskContext:
+    """Where the run is in its task sequence."""
+
+    index: int  # position in this run's sequence (0-based)
+    spec: "TaskSpec"
+    sequence: list["TaskSpec"]  # every task of the run, in order
+    benchmark: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.sequence)
+
+    @property
+    def seen(self) -> list["TaskSpec"]:
+        return self.sequence[: self.index + 1]
+
+
+class FitHandle:
+    """What a method may use at the end of a task: the task's data and the model.
+
+    Implemented by the engine; a method calls ``batches(n)`` to iterate training
+    batches of the finished task (e.g. for a Fisher estimate) and ``forward``
+    to run the model on one.
+    """
+
+    model: Any
+    device: Any
+
+    def batches(self, limit: int | None = None, batch_size: int | None = None) -> Iterator["Batch"]:
+        raise NotImplementedError
+
+    def forward(self, batch: "Batch") -> Any:
+        raise NotImplementedError
+
+
+@dataclass
+class RunInfo:
+    """Static facts about the run a method may need when it is built."""
+
+    num_tasks: int
+    task_names: list[str]
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of continual-learning methods. Override only what you need."""
+
+    id: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    #: False for methods that never train (zeroshot): the engine skips fitting.
+    trains: ClassVar[bool] = True
+    #: True for the multi-task upper bound: the engine trains once on the union of tasks.
+    joint: ClassVar[bool] = False
+
+    def __init__(self, params: MethodParams, run: RunInfo):
+        self.params = params
+        self.run = run
+        self.adapters: "AdapterSet | None" = None
+        self.backbone: "LoadedBackbone | None" = None
+
+    # -- set-up ----------------------------------------------------------------
+    def attach(self, backbone: "LoadedBackbone") -> None:
+        """Add this method's trainable parts (adapters, prompts, routers) to the model."""
+        self.backbone = backbone
+
+    # -- training ----------------------------------------------------------------
+    def begin_task(self, task: TaskContext) -> None:
+        """Prepare for training on ``task`` (new slots, which slots train...)."""
+
+    def training_records(self, task: TaskContext, records: list[dict]) -> list[dict]:
+        """The records to train on for this task; replay methods add stored ones."""
+        return records
+
+    def trainable_parameters(self) -> list["torch.nn.Parameter"]:
+        """Parameters the optimizer updates for the current task."""
+        assert self.backbone is not None
+        return [p for p in self.backbone.model.parameters() if p.requires_grad]
+
+    def before_forward(self, batch: "Batch", *, training: bool) -> None:
+        """Called before every forward pass: set per-sample routing from the batch here."""
+
+    def loss(self, task: TaskContext, batch: "Batch", outputs: Any) -> "torch.Tensor":
+        """The training loss; regularisers add their terms to ``outputs.loss``."""
+        return outputs.loss
+
+    def end_task(self, task: TaskContext, fit: FitHandle) -> None:
+        """After training on ``task``: estimate Fisher, freeze, merge, store prototypes..."""
+
+    # -- inference ---------------------------------------------------------------
+    def prepare_inference(self, learned: TaskContext) -> None:
+        """Make the model ready to answer any task seen up to ``learned``."""
+
+    # -- state ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, "torch.Tensor"]:
+        """Tensors besides adapter weights (Fisher, anchors...) saved to prism_state.safetensors."""
+        return {}
+
+    def state_metadata(self) -> dict[str, Any]:
+        """JSON-serialisable state (buffer ids, counters) saved to prism_state.json."""
+        return {}
+
+    def load_state(self, tensors: dict[str, "torch.Tensor"], metadata: dict[str, Any]) -> None:
+        """Restore what ``state_dict``/``state_metadata`` returned."""
+
+    def adapter_slots_for_checkpoint(self) -> list[str] | None:
+        """Slots to save (None: all)."""
+        return None
