@@ -115,13 +115,18 @@ class PluginManager:
     def _collect(self, kind: str) -> None:
         registry = self.registries[kind]
         caller = getattr(self.pm.hook, f"register_{kind}s")
-        for impl in reversed(caller.get_hookimpls()):  # pluggy stores last-registered first
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             info = self._providers.get(id(impl.plugin))
             if info is None:
                 continue
 
             def register(id: str, target: Any, summary: str = "", _info=info, **extra: Any) -> None:
-                registry.add(id, target, summary, provider=_info.provider, **extra)
+                try:
+                    registry.add(id, target, summary, provider=_info.provider, **extra)
+                except PluginError as exc:  # a clash loses only the clashing id
+                    if _strict():
+                        raise
+                    _info.errors.append(str(exc))
 
             try:
                 impl.function(register=register)
@@ -132,7 +137,7 @@ class PluginManager:
 
     def add_commands(self, app: Any, core_names: set[str]) -> None:
         """Let plugins add commands; a plugin may not shadow a core command."""
-        for impl in reversed(self.pm.hook.register_commands.get_hookimpls()):
+        for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self._providers.get(id(impl.plugin))
             if info is None or info.provider == "builtin":
                 continue

@@ -1,0 +1,104 @@
+"""`prism ckpt list|inspect`: what checkpoints exist and what one holds, verified."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+
+
+def _output_dir(config, set_) -> "tuple":
+    from prism.config import load_config
+
+    resolved = load_config(config, sets=set_ or [], validate_method=False)
+    return resolved.output_dir, resolved
+
+
+def register(app: typer.Typer) -> None:
+    ckpt = typer.Typer(help="Checkpoints: list them, inspect and verify one.", no_args_is_help=True)
+    app.add_typer(ckpt, name="ckpt")
+
+    @ckpt.command("list")
+    def list_(
+        all_runs: Annotated[bool, typer.Option("--all", help="Every run under the output folder, "
+                                               "not only the configured benchmark/method.")] = False,
+        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+    ) -> None:
+        """Checkpoints of the configured run (or of every run with --all)."""
+        from prism.checkpoint.inspect import list_checkpoints
+
+        output_dir, resolved = _output_dir(config, set_)
+        cfg = resolved.config
+        rows = list_checkpoints(output_dir, None if all_runs else cfg.benchmark.id,
+                                None if all_runs else cfg.method.id)
+        if json_:
+            emit_json(rows)
+            return
+        console = stderr_console()
+        if not rows:
+            console.print(f"no checkpoints under {output_dir / 'checkpoints'}")
+            return
+        from rich.table import Table
+
+        table = Table(title=f"checkpoints in {output_dir}", title_justify="left")
+        for column in ("name", "benchmark", "method", "complete", "tasks seen", "created"):
+            table.add_column(column)
+        for r in rows:
+            table.add_row(r["name"], r["benchmark"], r["method"], "yes" if r["complete"] else "[red]no[/]",
+                          ", ".join(r["tasks_seen"]), r["created"] or "")
+        console.print(table)
+
+    @ckpt.command("inspect")
+    def inspect(
+        name: Annotated[str, typer.Argument(help="Checkpoint name (e.g. Task2_llava) or folder path.")],
+        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+        no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip checking file hashes.")] = False,
+    ) -> None:
+        """What a checkpoint holds: tasks seen, method state, adapter tensors; verified against its manifest."""
+        from prism.checkpoint.inspect import inspect_checkpoint, list_checkpoints, resolve_checkpoint
+        from prism.errors import CheckpointError
+
+        output_dir, resolved = _output_dir(config, set_)
+        cfg = resolved.config
+        candidates = list_checkpoints(output_dir, cfg.benchmark.id, cfg.method.id) or list_checkpoints(output_dir)
+        folder = resolve_checkpoint(name, candidates)
+        report = inspect_checkpoint(folder, verify=not no_verify)
+        if json_:
+            emit_json(report)
+        else:
+            _print_report(report)
+        if report.get("problems"):
+            raise CheckpointError(f"{folder} does not verify: " + "; ".join(report["problems"]))
+
+
+def _print_report(report: dict) -> None:
+    from rich.table import Table
+
+    console = stderr_console()
+    state = report["state"]
+    console.print(f"[bold]{report['path']}[/]")
+    for key in ("prism_version", "method", "backbone", "model", "benchmark", "tasks_seen", "config_hash", "created"):
+        if key in state:
+            console.print(f"  {key}: {state[key]}", highlight=False)
+    if state.get("method_params"):
+        console.print(f"  method params: {state['method_params']}", highlight=False)
+    if "adapter_tensors" in report:
+        t = report["adapter_tensors"]
+        console.print(f"  adapters: {t['tensors']} tensors, {t['elements']:,} parameters {t['dtypes']}")
+    if "adapter_config" in report:
+        c = report["adapter_config"]
+        console.print(f"  adapter_config: {c.get('peft_type')} r={c.get('r')} alpha={c.get('lora_alpha')}")
+    if "state_tensors" in report:
+        t = report["state_tensors"]
+        console.print(f"  method state tensors: {t['tensors']} tensors, {t['elements']:,} values")
+    table = Table(title="files", title_justify="left")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    for name, size in report["files"].items():
+        table.add_row(name, f"{size:,}")
+    console.print(table)
+    if "verified" in report:
+        console.print("[green]verified: every file matches the manifest[/]" if report["verified"]
+                      else "[red]NOT verified[/]")

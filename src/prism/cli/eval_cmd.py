@@ -1,0 +1,71 @@
+"""`prism eval`: score a run from its prediction files; `prism eval score` re-scores any file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.train_cmd import BenchmarkOpt, MethodOpt, OutputOpt, TasksOpt, run_flags
+
+
+def register(app: typer.Typer) -> None:
+    evaluation = typer.Typer(help="Accuracy matrix, CL metrics, plots and report from prediction files.",
+                             invoke_without_command=True)
+    app.add_typer(evaluation, name="eval")
+
+    @evaluation.callback()
+    def run_eval(
+        ctx: typer.Context,
+        tasks: TasksOpt = None, method: MethodOpt = None, benchmark: BenchmarkOpt = None,
+        output_dir: OutputOpt = None, config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+    ) -> None:
+        """Score the configured run's predictions: matrix, MFN/MFT/MAA/BWT, heatmap, curves, report."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from prism.cli.results import print_matrix, result_json
+        from prism.config import load_config
+        from prism.engine.rescore import rescore, write_artifacts
+
+        resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method, None, None, benchmark,
+                                                                          output_dir, None))
+        layout, matrix, summary = rescore(resolved)
+        artifacts = write_artifacts(resolved, layout, matrix, summary)
+        console = stderr_console()
+        print_matrix(console, matrix, summary, title=f"{layout.method} on {layout.benchmark}")
+        for kind, path in artifacts.items():
+            console.print(f"{kind}: {path}")
+        if json_:
+            out = result_json(layout, matrix, summary)
+            out["artifacts"] = {k: str(v) for k, v in artifacts.items()}
+            emit_json(out)
+
+    @evaluation.command("score")
+    def score(
+        predictions: Annotated[Path, typer.Argument(help="Prediction JSONL file.")],
+        metric: Annotated[str, typer.Option("--metric", help="Metric id (e.g. exact_match, coco_caption).")],
+        gt: Annotated[Optional[Path], typer.Option("--gt", help="COCO-format ground truth (caption metrics).")] = None,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Re-score one prediction file offline."""
+        from prism.cli.common import project_dir_for_plugins
+        from prism.errors import UsageError
+        from prism.evaluation.metrics import load_coco_gt, load_predictions
+        from prism.plugins import registry
+
+        if not predictions.is_file():
+            raise UsageError(f"prediction file {predictions} does not exist")
+        fn = registry("metric", project_dir_for_plugins()).load(metric)
+        result = fn(load_predictions(predictions), gt=load_coco_gt(gt) if gt else None)
+        data = result.to_dict()
+        if json_:
+            emit_json({"file": str(predictions), "metric": metric, **data})
+            return
+        console = stderr_console()
+        console.print(f"{metric}: [bold]{result.score:.2f}[/] over {result.n} predictions")
+        for key, value in (data.get("details") or {}).items():
+            console.print(f"  {key}: {value}")
+        for key, reason in (data.get("unavailable") or {}).items():
+            console.print(f"  {key}: unavailable ({reason})")

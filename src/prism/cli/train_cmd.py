@@ -1,0 +1,57 @@
+"""`prism train`: learn the configured task sequence, evaluating after each task."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+
+TasksOpt = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Tasks to run, by index or "
+                     "name: '0-4', '0,2,3', 'colour,count'. Default: all tasks of the benchmark.")]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="Method id (`prism methods list`).")]
+BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Backbone id (e.g. llava).")]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model path or hub id, or builtin:tiny-llava.")]
+BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Benchmark id (e.g. synthetic, ucit).")]
+OutputOpt = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Folder for checkpoints, predictions and results.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for data order, adapter init and dropout.")]
+
+
+def run_flags(tasks=None, method=None, backbone=None, model=None, benchmark=None, output_dir=None, seed=None) -> dict:
+    """Dedicated flags as dotted config keys (None = not given)."""
+    return {"benchmark.tasks": tasks, "method.id": method, "backbone.id": backbone, "backbone.model": model,
+            "benchmark.id": benchmark, "project.output_dir": output_dir, "project.seed": seed}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train(
+        tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
+        benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, seed: SeedOpt = None,
+        config: ConfigOpt = None, set_: SetOpt = None,
+        restart: Annotated[bool, typer.Option("--restart", help="Discard this run's checkpoints, "
+                                              "predictions and results and train from the first task.")] = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Train task by task; after each task evaluate every task seen so far (the accuracy matrix)."""
+        from prism.cli.progress import RichReporter
+        from prism.cli.results import print_matrix, result_json
+        from prism.config import load_config
+        from prism.engine.loop import train as run_training
+
+        resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method, backbone, model,
+                                                                          benchmark, output_dir, seed))
+        console = stderr_console()
+        cfg = resolved.config
+        console.print(f"prism train: method [bold]{cfg.method.id}[/], backbone {cfg.backbone.id} "
+                      f"({cfg.backbone.model}), benchmark {cfg.benchmark.id}, output {resolved.output_dir}")
+        reporter = RichReporter(console)
+        try:
+            outcome = run_training(resolved, restart=restart, reporter=reporter)
+        finally:
+            reporter.close()
+        print_matrix(console, outcome.matrix, outcome.summary, title=f"{cfg.method.id} on {cfg.benchmark.id}")
+        console.print(f"results: {outcome.layout.results_dir}")
+        if json_:
+            emit_json(result_json(outcome.layout, outcome.matrix, outcome.summary))

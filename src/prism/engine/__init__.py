@@ -1,0 +1,1 @@
+"""The task loop (``loop``) and the step loop (``fit``)."""

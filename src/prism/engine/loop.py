@@ -1,0 +1,358 @@
+"""The task loop: for each task, begin -> fit -> end -> save -> evaluate seen tasks -> record.
+
+Plain and readable on purpose. Finished tasks (a complete checkpoint with the
+same config fingerprint and task history) are skipped, so rerunning `prism
+train` after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from prism import __version__
+from prism.checkpoint import store
+from prism.checkpoint.layout import RunLayout
+from prism.engine.session import RunPlan, build_method, load_backbone, plan_run, quiet_libraries
+from prism.errors import CheckpointError, UsageError
+from prism.methods.base import Method, TaskContext
+
+MATRIX_FILE = "accuracy_matrix.json"
+CL_METRICS_FILE = "cl_metrics.json"
+
+
+@dataclass
+class TrainOutcome:
+    layout: RunLayout
+    matrix: Any  # prism.evaluation.matrix.AccuracyMatrix
+    summary: dict[str, Any]
+    trained: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+class Reporter:
+    """Progress callbacks; the CLI passes a rich implementation, tests the silent default."""
+
+    def task_started(self, position: int, total: int, name: str, steps: int) -> None: ...
+    def step(self, step: int, steps: int, loss: float) -> None: ...
+    def task_finished(self, name: str, fit: Any) -> None: ...
+    def task_skipped(self, name: str, reason: str) -> None: ...
+    def eval_started(self, learned: str, task: str, total: int) -> None: ...
+    def eval_progress(self, done: int, total: int) -> None: ...
+    def eval_finished(self, learned: str, task: str, score: float) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+def run_fingerprint(resolved: Any) -> str:
+    """Hash of everything that changes what a task's checkpoint holds (not which tasks run)."""
+    import hashlib
+
+    data = resolved.to_dict()
+    for table, key in (("benchmark", "tasks"), ("infer", "batch_size"), ("train", "log_every"),
+                       ("project", "name"), ("project", "output_dir"), ("benchmark", "root"),
+                       ("benchmark", "max_test_samples"), ("train", "eval_after_each_task")):
+        data.get(table, {}).pop(key, None)
+    canonical = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def environment_facts(world_size: int = 1) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    facts = {
+        "prism": __version__, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": transformers.__version__, "platform": platform.platform(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "cuda_devices": torch.cuda.device_count(), "world_size": world_size,
+    }
+    try:
+        import accelerate
+        import peft
+
+        facts.update(accelerate=accelerate.__version__, peft=peft.__version__)
+    except ImportError:
+        pass
+    return facts
+
+
+def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = None) -> TrainOutcome:
+    """Run (or continue) the configured task sequence and return the accuracy matrix."""
+    quiet_libraries()
+    reporter = reporter or Reporter()
+    plan = plan_run(resolved)
+    cfg = plan.config
+    _set_seed(cfg.project.seed)
+    layout = plan.layout
+    fingerprint = run_fingerprint(resolved)
+    store.recover_interrupted(layout.checkpoints_dir)
+
+    prefix = 0 if restart else _finished_prefix(plan, fingerprint)
+    if restart:
+        _clear_run(layout)
+    root = plan.benchmark.prepare()
+    backbone = load_backbone(plan)
+    method = build_method(plan)
+    method.attach(backbone)
+
+    layout.results_dir.mkdir(parents=True, exist_ok=True)
+    resolved.save(layout.results_dir)
+    _write_json(layout.results_dir / "run.json", {
+        "fingerprint": fingerprint, "environment": environment_facts(),
+        "global_batch_size": cfg.train.global_batch_size, "tasks": [t.name for t in plan.sequence],
+        "task_indices": plan.indices, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    matrix = _load_or_new_matrix(layout, plan)
+    outcome = TrainOutcome(layout=layout, matrix=matrix, summary={})
+
+    if prefix:
+        last = layout.checkpoint(plan.indices[prefix - 1])
+        restore_checkpoint(method, last)
+        for position in range(prefix):
+            name = plan.sequence[position].name
+            outcome.skipped.append(name)
+            reporter.task_skipped(name, f"checkpoint {layout.checkpoint_name(plan.indices[position])} is complete")
+        if not matrix.has_row(prefix - 1) and cfg.train.eval_after_each_task:
+            evaluate_row(plan, backbone, method, root, prefix - 1, matrix, reporter)
+
+    accelerator = _accelerator(cfg)
+    for position in range(prefix, len(plan.sequence)):
+        spec = plan.sequence[position]
+        task = TaskContext(index=position, spec=spec, sequence=plan.sequence, benchmark=cfg.benchmark.id)
+        method.begin_task(task)
+        fitter = None
+        if method.trains:
+            from prism.benchmarks.data import TaskDataset
+            from prism.engine.fit import TaskFitter, total_steps
+
+            records = _training_records(plan, root, position)
+            records = method.training_records(task, records)
+            dataset = TaskDataset(records, backbone=backbone, root=root,
+                                  specs={t.name: t for t in plan.all_tasks})
+            fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train,
+                                seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
+                                log_path=layout.results_dir / "train_log.jsonl")
+            steps = total_steps(len(dataset), cfg.train.global_batch_size, cfg.train.epochs, cfg.train.max_steps)
+            reporter.task_started(position, len(plan.sequence), spec.name, steps)
+            result = fitter.fit(task, on_step=reporter.step)
+            reporter.task_finished(spec.name, result)
+        method.end_task(task, fitter if fitter is not None else _NoFit(backbone))
+        save_checkpoint(plan, method, backbone, position, fingerprint)
+        outcome.trained.append(spec.name)
+        if cfg.train.eval_after_each_task:
+            evaluate_row(plan, backbone, method, root, position, matrix, reporter)
+
+    outcome.summary = _write_summary(layout, matrix)
+    return outcome
+
+
+# -- pieces -----------------------------------------------------------------------------
+def _set_seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _accelerator(cfg: Any) -> Any:
+    import torch
+    from accelerate import Accelerator
+
+    precision = cfg.backbone.train_precision
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    if mixed == "fp16" and not torch.cuda.is_available():
+        raise UsageError("[backbone] train_precision = \"fp16\" needs a CUDA GPU",
+                         hint="use \"bf16\" or \"fp32\" on this machine")
+    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+class _NoFit:
+    """FitHandle for methods that do not train (zeroshot)."""
+
+    def __init__(self, backbone: Any):
+        self.model = backbone.model
+        self.device = next(backbone.model.parameters()).device
+
+    def batches(self, limit=None, batch_size=None):
+        return iter(())
+
+    def forward(self, batch):
+        return self.model(**batch.model_inputs())
+
+
+def _training_records(plan: RunPlan, root: Path, position: int) -> list[dict]:
+    from prism.benchmarks.data import load_train_records
+
+    spec = plan.sequence[position]
+    records = load_train_records(root, spec, max_samples=plan.config.benchmark.max_train_samples)
+    for record in records:
+        record["_task"] = spec.name
+    return records
+
+
+def _finished_prefix(plan: RunPlan, fingerprint: str) -> int:
+    """How many leading tasks have complete checkpoints made by this same config."""
+    names = [t.name for t in plan.sequence]
+    for position, index in enumerate(plan.indices):
+        folder = plan.layout.checkpoint(index)
+        if not store.checkpoint_complete(folder):
+            return position
+        info = store.read_checkpoint_info(folder)
+        if info.config_hash != fingerprint:
+            raise UsageError(
+                f"{folder} was trained with a different configuration "
+                f"(fingerprint {info.config_hash}, now {fingerprint})",
+                hint="pass --restart to train this run again, or set [project] output_dir to keep both",
+            )
+        if info.tasks_seen != names[: position + 1]:
+            raise UsageError(
+                f"{folder} learned tasks {info.tasks_seen}, but this run's sequence starts with "
+                f"{names[: position + 1]}",
+                hint="pass --restart, or use another [project] output_dir for a different task order",
+            )
+        problems = store.verify_checkpoint(folder)
+        if problems:
+            raise CheckpointError(f"{folder} does not verify: " + "; ".join(problems),
+                                  hint="pass --restart to train it again")
+    return len(plan.indices)
+
+
+def _clear_run(layout: RunLayout) -> None:
+    import shutil
+
+    for folder in (layout.checkpoints_dir, layout.predictions_dir, layout.results_dir):
+        if folder.exists():
+            shutil.rmtree(folder)
+
+
+def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int, fingerprint: str) -> Path:
+    from safetensors.torch import save_file
+
+    from prism.adapters.io import save_adapters
+
+    folder = plan.layout.checkpoint(plan.indices[position])
+    seen = plan.sequence[: position + 1]
+
+    def fill(tmp: Path) -> None:
+        adapter_meta: dict[str, Any] = {}
+        if method.adapters is not None:
+            adapter_meta = save_adapters(method.adapters, tmp, base_model_name_or_path=backbone.resolved_path,
+                                         slots=method.adapter_slots_for_checkpoint()) or {}
+        tensors = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
+        if tensors:
+            save_file(tensors, str(tmp / store.STATE_TENSORS))
+        store.write_json_atomic(tmp / store.STATE_JSON, {
+            "prism_version": __version__,
+            "config_hash": fingerprint,
+            "method": plan.config.method.id,
+            "method_params": plan.resolved.method_params.model_dump(mode="json"),
+            "backbone": plan.config.backbone.id,
+            "model": plan.config.backbone.model,
+            "base_model_path": backbone.resolved_path,
+            "benchmark": plan.config.benchmark.id,
+            "task_index": plan.indices[position],
+            "position": position,
+            "tasks_seen": [t.name for t in seen],
+            "task_indices_seen": plan.indices[: position + 1],
+            "adapters": adapter_meta,
+            "method_state": method.state_metadata(),
+            "has_state_tensors": bool(tensors),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
+
+    # predictions made by an older checkpoint of this task are stale
+    stale = plan.layout.predictions(plan.indices[position])
+    if stale.exists():
+        import shutil
+
+        shutil.rmtree(stale)
+    return store.write_checkpoint(folder, fill)
+
+
+def restore_checkpoint(method: Method, folder: Path) -> dict[str, Any]:
+    """Load a checkpoint's method state, then its adapter weights, into ``method``."""
+    from safetensors.torch import load_file
+
+    from prism.adapters.io import load_adapters
+
+    info = store.read_checkpoint_info(folder)
+    tensors = {}
+    if (folder / store.STATE_TENSORS).is_file():
+        tensors = load_file(str(folder / store.STATE_TENSORS))
+    method.load_state(tensors, info.state.get("method_state", {}))
+    if method.adapters is not None and (folder / store.ADAPTER_WEIGHTS).is_file():
+        load_adapters(method.adapters, folder)
+    return info.state
+
+
+def model_id_for(folder: Path) -> str:
+    """Identifies the checkpoint predictions were made with (hash of its manifest)."""
+    manifest = folder / store.MANIFEST
+    if not manifest.is_file():
+        return "base"
+    return store.sha256_file(manifest)[:16]
+
+
+def evaluate_row(plan: RunPlan, backbone: Any, method: Method, root: Path, position: int,
+                 matrix: Any, reporter: Reporter) -> dict[str, Any]:
+    """Evaluate every task seen up to ``position`` and fill that row of the matrix."""
+    from prism.benchmarks.data import load_test_records
+    from prism.engine.scoring import score_task
+    from prism.inference.generate import predict_task
+
+    cfg = plan.config
+    learned = plan.sequence[position]
+    layout = plan.layout
+    task = TaskContext(index=position, spec=learned, sequence=plan.sequence, benchmark=cfg.benchmark.id)
+    method.prepare_inference(task)
+    model_id = model_id_for(layout.checkpoint(plan.indices[position]))
+    details: dict[str, Any] = {}
+    for i, spec in enumerate(plan.sequence[: position + 1]):
+        records = load_test_records(root, spec, max_samples=cfg.benchmark.max_test_samples)
+        reporter.eval_started(learned.name, spec.name, len(records))
+        predictions = predict_task(
+            backbone=backbone, method=method, spec=spec, root=root, records=records,
+            out_path=layout.prediction_file(plan.indices[position], spec.name), model_id=model_id,
+            batch_size=cfg.infer.batch_size, max_new_tokens=cfg.infer.max_new_tokens or spec.max_new_tokens,
+            num_beams=cfg.infer.num_beams, temperature=cfg.infer.temperature,
+            on_batch=reporter.eval_progress)
+        result = score_task(spec, root, predictions, plan.resolved.project_dir)
+        matrix.set(position, i, result.score)
+        details[spec.name] = result.to_dict()
+        reporter.eval_finished(learned.name, spec.name, result.score)
+    _write_json(layout.results_dir / "scores" / f"{layout.checkpoint_name(plan.indices[position])}.json",
+                {"learned": learned.name, "position": position, "model_id": model_id, "tasks": details})
+    matrix.save(layout.results_dir / MATRIX_FILE)
+    return details
+
+
+def _load_or_new_matrix(layout: RunLayout, plan: RunPlan) -> Any:
+    from prism.evaluation.matrix import AccuracyMatrix
+
+    names = [t.name for t in plan.sequence]
+    path = layout.results_dir / MATRIX_FILE
+    if path.is_file():
+        existing = AccuracyMatrix.load(path)
+        if list(existing.task_names) == names:
+            return existing
+    return AccuracyMatrix(names)
+
+
+def _write_summary(layout: RunLayout, matrix: Any) -> dict[str, Any]:
+    from prism.evaluation.cl_metrics import cl_summary
+
+    summary = cl_summary(matrix.rows_present())
+    _write_json(layout.results_dir / CL_METRICS_FILE, summary)
+    return summary
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    store.write_json_atomic(path, obj)

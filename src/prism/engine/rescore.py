@@ -1,0 +1,59 @@
+"""Score a run from its prediction files alone (no model): the matrix, CL metrics, plots, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prism.engine.loop import CL_METRICS_FILE, MATRIX_FILE
+from prism.engine.scoring import score_task
+from prism.engine.session import plan_run
+from prism.errors import PrismError
+
+
+def rescore(resolved: Any) -> tuple[Any, Any, dict]:
+    from prism.checkpoint.store import write_json_atomic
+    from prism.evaluation.cl_metrics import cl_summary
+    from prism.evaluation.matrix import AccuracyMatrix
+    from prism.evaluation.metrics import load_predictions
+
+    plan = plan_run(resolved)
+    layout = plan.layout
+    root = plan.benchmark.root
+    matrix = AccuracyMatrix([t.name for t in plan.sequence])
+    found = False
+    for position, index in enumerate(plan.indices):
+        folder = layout.predictions(index)
+        for i, spec in enumerate(plan.sequence[: position + 1]):
+            path = folder / f"{spec.name}.jsonl"
+            if not path.is_file():
+                continue
+            found = True
+            predictions = load_predictions(path)
+            matrix.set(position, i, score_task(spec, root, predictions, resolved.project_dir).score)
+    if not found:
+        raise PrismError(f"no prediction files under {layout.predictions_dir}",
+                         hint="run `prism train` (or `prism infer` on saved checkpoints) first")
+    summary = cl_summary(matrix.rows_present())
+    layout.results_dir.mkdir(parents=True, exist_ok=True)
+    matrix.save(layout.results_dir / MATRIX_FILE)
+    write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)
+    return layout, matrix, summary
+
+
+def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> dict[str, Path]:
+    """Heatmap, per-task line plot and the Markdown report next to the matrix."""
+    from prism.evaluation.plots import plot_heatmap, plot_task_curves
+    from prism.evaluation.report import write_report
+
+    results = layout.results_dir
+    heatmap = plot_heatmap(matrix, results / "accuracy_matrix.png")
+    curves = plot_task_curves(matrix, results / "task_curves.png")
+    environment = {}
+    run_file = results / "run.json"
+    if run_file.is_file():
+        environment = json.loads(run_file.read_text(encoding="utf-8")).get("environment", {})
+    report = write_report(results / "report.md", config=resolved.to_dict(), environment=environment,
+                          matrix=matrix, summary=summary, images={"heatmap": heatmap, "curves": curves})
+    return {"heatmap": heatmap, "curves": curves, "report": report}

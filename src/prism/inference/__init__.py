@@ -1,0 +1,1 @@
+"""Batched greedy generation into append-only, resumable prediction files."""

@@ -1,0 +1,74 @@
+"""Greedy (or beam) generation over a task's test records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from prism.benchmarks.base import TaskSpec
+from prism.inference import predictions as pred_files
+from prism.methods.base import Method
+
+
+def suppressed_token_ids(tokenizer: Any) -> list[int]:
+    """Special tokens a weak model must never emit (an emitted <image> breaks LLaVA's forward)."""
+    keep = {tokenizer.eos_token_id}
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    if isinstance(image_id, int) and image_id != tokenizer.unk_token_id:
+        ids.add(image_id)
+    return sorted(i for i in ids if i is not None and i not in keep)
+
+
+@torch.no_grad()
+def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, records: list[dict],
+                 out_path: Path, model_id: str, batch_size: int, max_new_tokens: int,
+                 num_beams: int = 1, temperature: float = 0.0,
+                 on_batch: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Generate answers for ``records`` not yet in ``out_path``; return every prediction."""
+    from prism.benchmarks.data import collate, encode_prompt
+
+    done = pred_files.read_done(out_path, model_id)
+    done_ids = {str(r["question_id"]) for r in done}
+    todo = [r for r in records if str(r["question_id"]) not in done_ids]
+    model = backbone.model
+    tokenizer = backbone.tokenizer
+    device = next(model.parameters()).device
+    model.eval()
+    suppress = suppressed_token_ids(tokenizer)
+    generation = dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
+                      pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                      suppress_tokens=suppress or None)
+    if temperature > 0:
+        generation.update(do_sample=True, temperature=temperature)
+    else:
+        generation.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    finished = len(done)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        samples = [encode_prompt(r, backbone, root, spec) for r in chunk]
+        batch = collate(samples, pad_token_id=tokenizer.pad_token_id, padding_side="left").to(device)
+        method.before_forward(batch, training=False)
+        inputs = batch.model_inputs()
+        out = model.generate(**inputs, **generation)
+        new_tokens = out[:, inputs["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        lines = []
+        for record, sample, text in zip(chunk, samples, texts):
+            lines.append({
+                "question_id": record["question_id"],
+                "prompt": record.get("text", ""),
+                "text": text.strip(),
+                "answer": record.get("answer"),
+                "model_id": model_id,
+                "metadata": {"task": spec.name, "image": record.get("image")},
+            })
+        pred_files.append(out_path, lines)
+        done.extend(lines)
+        finished += len(chunk)
+        if on_batch is not None:
+            on_batch(finished, len(records))
+    order = {str(r["question_id"]): i for i, r in enumerate(records)}
+    return sorted(done, key=lambda r: order.get(str(r["question_id"]), len(order)))

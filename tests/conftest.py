@@ -1,0 +1,54 @@
+"""Hermetic tests: no installed plugins autoload, no hub access, quiet libraries."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+os.environ["PRISM_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for name in ("PRISM_CONFIG", "PRISM_DEBUG", "PRISM_STRICT_PLUGINS", "PRISM_METHOD", "PRISM_BACKBONE",
+             "PRISM_MODEL", "PRISM_BENCHMARK", "PRISM_OUTPUT_DIR", "PRISM_SEED", "PRISM_TASKS",
+             "PRISM_DATA_ROOT", "PRISM_DISABLED_PLUGINS"):
+    os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugin_manager():
+    from prism.plugins import reset_manager
+
+    reset_manager()
+    yield
+    reset_manager()
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+def run_cli(args: list[str], cwd: Path | None = None, env: dict | None = None) -> "CliResult":
+    """Run `python -m prism ARGS` in a subprocess (a real process: exit codes, stdout/stderr split)."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    full_env.setdefault("COLUMNS", "200")
+    proc = subprocess.run([sys.executable, "-m", "prism", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+class CliResult:
+    def __init__(self, code: int, stdout: str, stderr: str):
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-3000:]!r})"
