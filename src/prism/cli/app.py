@@ -81,14 +81,15 @@ def build_app() -> typer.Typer:
 def report_error(exc: BaseException) -> int:
     """Print one actionable message to stderr and return the exit code."""
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True)
     if isinstance(exc, PrismError):
-        console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:
-            console.print(f"  [dim]hint:[/] {exc.hint}", highlight=False)
+            console.print(f"  [dim]hint:[/] {escape(exc.hint)}", highlight=False)
         return exc.exit_code
-    console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(type(exc).__name__ + ': ' + str(exc))}", highlight=False)
     console.print("  [dim]hint:[/] set PRISM_DEBUG=1 to see the traceback", highlight=False)
     return 1
 

@@ -1,0 +1,101 @@
+"""`prism config show|validate`: the resolved configuration and where each value came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+
+MethodOpt = Annotated[
+    Optional[str],
+    typer.Option("--method", "-m", help="Method id (overrides method.id).", show_default=False),
+]
+
+config_app = typer.Typer(
+    name="config",
+    help="Show or validate the resolved configuration (prism.toml + env + --set + flags).",
+    no_args_is_help=True,
+)
+
+
+def _load(config: Optional[Path], sets: Optional[list[str]], method: Optional[str]):
+    """Full validation; if the method's plugin cannot load, still show the rest (with a warning)."""
+    from prism.config import load_config
+    from prism.errors import PluginError
+
+    flags = {"method.id": method}
+    try:
+        return load_config(config, sets=sets, flags=flags)
+    except PluginError as exc:
+        stderr_console().print(f"[yellow]warning:[/] {exc.message}; method parameters not validated",
+                               highlight=False)
+        return load_config(config, sets=sets, flags=flags, validate_method=False)
+
+
+@config_app.command("show")
+def show(config: ConfigOpt = None, set_: SetOpt = None, method: MethodOpt = None,
+         json_: JsonOpt = False) -> None:
+    """Print every resolved setting with its source (table on stderr, or --json on stdout)."""
+    resolved = _load(config, set_, method)
+    if json_:
+        emit_json({
+            "config": resolved.to_dict(),
+            "sources": resolved.sources,
+            "config_path": str(resolved.config_path) if resolved.config_path else None,
+            "hash": resolved.hash(),
+        })
+        return
+    _print_table(resolved)
+
+
+def _print_table(resolved) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from prism.config.toml_io import format_value
+
+    where = str(resolved.config_path) if resolved.config_path else "no prism.toml (built-in defaults)"
+    table = Table(title=Text(f"config: {where}"), title_justify="left", show_lines=False)
+    table.add_column("key", no_wrap=True)
+    table.add_column("value")
+    table.add_column("source", style="dim", no_wrap=True)
+    flat = _flatten(resolved.to_dict())
+    for key, source in resolved.sources.items():
+        value = flat.get(key)
+        shown = Text("not set", style="dim italic") if value is None else Text(format_value(value))
+        table.add_row(Text(key), shown, Text(source))
+    console = stderr_console()
+    console.print(table)
+    console.print(f"hash: {resolved.hash()}", highlight=False)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        flat[dotted] = value
+        if isinstance(value, dict):
+            flat.update(_flatten(value, dotted + "."))
+    return flat
+
+
+@config_app.command("validate")
+def validate(config: ConfigOpt = None, set_: SetOpt = None, method: MethodOpt = None,
+             json_: JsonOpt = False) -> None:
+    """Check the configuration, method parameters included; exit 2 with every problem if invalid."""
+    from prism.config import load_config
+
+    resolved = load_config(config, sets=set_, flags={"method.id": method})
+    where = str(resolved.config_path) if resolved.config_path else "(no prism.toml: built-in defaults)"
+    if json_:
+        emit_json({"ok": True, "config_path": where if resolved.config_path else None,
+                   "hash": resolved.hash()})
+        return
+    typer.echo(f"ok: {where}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(config_app, name="config")

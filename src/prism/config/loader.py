@@ -1,0 +1,347 @@
+"""Resolve the one configuration of a run from defaults, prism.toml, env and the command line.
+
+Precedence, lowest first: schema defaults < the chosen method's ``config_defaults``
+< prism.toml < environment < ``--set`` < dedicated flags. Validation is two-phase:
+the core schema, then the chosen method's ``Params`` for its ``[method.<id>]``
+table. Every problem of both phases is reported in one ``ConfigError``, each
+naming where the offending value came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any, Mapping
+
+from pydantic import BaseModel, ValidationError
+
+from prism import __version__
+from prism.config.layers import (
+    Layer,
+    Origin,
+    deep_merge,
+    env_layer,
+    file_layer,
+    flags_layer,
+    method_defaults_layer,
+    sets_layer,
+)
+from prism.config.schema import MethodConfig, PrismConfig, task_selection
+from prism.config.toml_io import atomic_write_text, dumps
+from prism.errors import ConfigError, PrismError
+from prism.registry import did_you_mean
+
+__all__ = ["CONFIG_FILE_NAME", "HASH_EXCLUDED", "RESOLVED_FILE_NAME", "ResolvedConfig",
+           "discover_config", "load_config"]
+
+CONFIG_FILE_NAME = "prism.toml"
+RESOLVED_FILE_NAME = "config.resolved.toml"
+
+#: Settings that do not change what a run computes, so they stay out of ``hash()``.
+HASH_EXCLUDED = ("infer.batch_size", "train.log_every", "project.name", "project.output_dir",
+                 "benchmark.root")
+
+KeyPath = tuple[str, ...]
+
+
+@dataclass
+class ResolvedConfig:
+    """The validated configuration of a run, with the provenance of every value."""
+
+    config: PrismConfig
+    method_params: Any  # the chosen method's validated Params; None when validate_method=False
+    sources: dict[str, str]
+    config_path: Path | None
+    project_dir: Path
+    method_class: type | None = field(default=None, repr=False)
+
+    @property
+    def method_id(self) -> str:
+        return self.config.method.id
+
+    @property
+    def output_dir(self) -> Path:
+        """``project.output_dir``, absolute (relative paths are under the project dir)."""
+        return _under(self.project_dir, self.config.project.output_dir)
+
+    @property
+    def data_root(self) -> Path:
+        """``benchmark.root``, absolute (relative paths are under the project dir)."""
+        return _under(self.project_dir, self.config.benchmark.root)
+
+    def task_indices(self, task_names: list[str]) -> list[int]:
+        """The benchmark task indices ``benchmark.tasks`` selects, in run order."""
+        return task_selection(self.config.benchmark.tasks, task_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data, method params under ``method.<id>``."""
+        return self.config.model_dump(mode="json")
+
+    def to_toml(self) -> str:
+        """The resolved config as a prism.toml that ``load_config`` accepts back."""
+        where = str(self.config_path) if self.config_path else "built-in defaults"
+        header = (f"Resolved by prism {__version__} from {where}.\n"
+                  f"Config hash: {self.hash()}")
+        return dumps(self.to_dict(), header=header)
+
+    def hash(self) -> str:
+        """sha256 over everything that can change results (see ``HASH_EXCLUDED``)."""
+        data = self.to_dict()
+        for dotted in HASH_EXCLUDED:
+            table, key = dotted.split(".")
+            data.get(table, {}).pop(key, None)
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def save(self, folder: Path | str) -> Path:
+        """Write ``config.resolved.toml`` into ``folder`` atomically; returns its path."""
+        path = Path(folder) / RESOLVED_FILE_NAME
+        atomic_write_text(path, self.to_toml())
+        return path
+
+
+def _under(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def discover_config(config_path: Path | str | None = None, *, cwd: Path | None = None,
+                    env: Mapping[str, str] | None = None) -> Path | None:
+    """The config file to use: explicit path, else ``PRISM_CONFIG``, else the nearest prism.toml upwards."""
+    env = os.environ if env is None else env
+    cwd = (cwd or Path.cwd()).resolve()
+    given, what = (config_path, "config file") if config_path is not None else (
+        env.get("PRISM_CONFIG") or None, "PRISM_CONFIG")
+    if given is not None:
+        path = Path(given).expanduser()
+        path = path if path.is_absolute() else cwd / path
+        if path.is_dir():
+            path = path / CONFIG_FILE_NAME
+        if not path.is_file():
+            raise ConfigError(f"{what} not found: {path}",
+                              hint="`prism init` writes an annotated prism.toml")
+        return path.resolve()
+    for folder in (cwd, *cwd.parents):
+        candidate = folder / CONFIG_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(config_path: Path | None = None, *, cwd: Path | None = None,
+                env: Mapping[str, str] | None = None, sets: list[str] | None = None,
+                flags: dict[str, Any] | None = None, validate_method: bool = True) -> ResolvedConfig:
+    """Resolve, validate and trace the configuration (see the module docstring).
+
+    ``flags`` maps dotted keys to the values of dedicated CLI flags (None = not given).
+    ``validate_method=False`` skips phase two, for showing a config whose method
+    plugin is broken or not installed.
+    """
+    env = os.environ if env is None else env
+    cwd = (cwd or Path.cwd()).resolve()
+    path = discover_config(config_path, cwd=cwd, env=env)
+    project_dir = path.parent if path is not None else cwd
+
+    problems: list[str] = []
+    layers: list[Layer] = [file_layer(path)] if path is not None else []
+    env_given, env_problems = env_layer(env)
+    sets_given, set_problems = sets_layer(list(sets or []))
+    layers += [env_given, sets_given, flags_layer(flags or {})]
+    problems += env_problems + set_problems
+
+    method_id, id_origin = _given_method_id(layers)
+    registry = _method_registry(project_dir, validate_method)
+    method_class = _method_class(registry, method_id, id_origin, validate_method, problems)
+    if method_class is not None:
+        defaults = getattr(method_class, "config_defaults", None) or {}
+        layers.insert(0, method_defaults_layer(method_id, defaults))
+
+    merged: dict[str, Any] = reduce(deep_merge, (layer.data for layer in layers), {})
+    config = _validate(PrismConfig, merged, (), layers, problems)
+    params = None
+    method_tables = merged.get("method") if isinstance(merged.get("method"), dict) else {}
+    if validate_method and registry is not None:
+        _check_method_tables(method_tables, registry.ids(), layers, problems)
+        if method_class is not None:
+            table = method_tables.get(method_id, {})
+            params = _validate(method_class.Params, table if isinstance(table, dict) else {},
+                               ("method", method_id), layers, problems)
+    if problems or config is None:
+        raise _config_error(problems)
+
+    if params is not None:
+        config.method = MethodConfig.model_validate(
+            {"id": method_id, method_id: params.model_dump(mode="json")})
+    sources = _sources(config, layers)
+    return ResolvedConfig(config=config, method_params=params, sources=sources, config_path=path,
+                          project_dir=project_dir, method_class=method_class)
+
+
+# -- the method --------------------------------------------------------------------------
+def _given_method_id(layers: list[Layer]) -> tuple[str, Origin | None]:
+    for layer in reversed(layers):
+        found, value = layer.get(("method", "id"))
+        if found:
+            return value, layer.origin_of(("method", "id"))
+    return MethodConfig.model_fields["id"].default, None
+
+
+def _method_registry(project_dir: Path, validate_method: bool):
+    from prism import plugins  # looked up at call time so tests can substitute a registry
+
+    try:
+        return plugins.registry("method", project_dir)
+    except PrismError:
+        if validate_method:
+            raise
+        return None
+
+
+def _method_class(registry, method_id: Any, origin: Origin | None, validate_method: bool,
+                  problems: list[str]) -> type | None:
+    """The chosen method's class (imported), or None when it cannot be known."""
+    if registry is None or not isinstance(method_id, str) or not method_id:
+        return None  # a non-string id is reported by the core schema
+    if method_id not in registry:
+        if validate_method:
+            known = ", ".join(registry.ids()) or "none"
+            problems.append(
+                f"{origin.detail if origin else 'default'}: [method] id: unknown method "
+                f"{method_id!r}{did_you_mean(method_id, registry.ids())}; registered: {known}"
+            )
+        return None
+    try:
+        return registry.entry(method_id).load()
+    except PrismError:
+        if validate_method:
+            raise
+        return None
+
+
+def _check_method_tables(method: Any, known: list[str], layers: list[Layer],
+                         problems: list[str]) -> None:
+    if not isinstance(method, dict):
+        return
+    for name, value in method.items():
+        if name == "id" or not isinstance(value, dict) or name in known:
+            continue
+        path = ("method", name)
+        problems.append(
+            f"{_where(path, layers)}: [method.{name}]: unknown method table"
+            f"{did_you_mean(name, known)}; registered methods: {', '.join(known) or 'none'}"
+        )
+
+
+# -- validation and error messages ----------------------------------------------------------
+def _validate(model: type[BaseModel], data: Any, prefix: KeyPath, layers: list[Layer],
+              problems: list[str]):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            line = _describe(error, model, prefix, layers)
+            if line not in problems:
+                problems.append(line)
+        return None
+
+
+def _describe(error: Any, root: type[BaseModel], prefix: KeyPath, layers: list[Layer]) -> str:
+    """``<source>: [table] key: message`` for one pydantic error."""
+    rel, owner, is_table = _key_path(tuple(error["loc"]), root)
+    path = (*prefix, *rel)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        choices = list(owner.model_fields) if owner is not None else []
+        noun = "table" if len(path) == 1 else "key"
+        message = f"unknown {noun}{did_you_mean(path[-1], choices)}"
+    elif kind in ("model_type", "dict_type", "model_attributes_type"):
+        target = ".".join(path)
+        message = f"expected a table [{target}], got {_short(error.get('input'))}"
+        if path[:1] == ("method",) and len(path) == 2:
+            message += "; method hyper-parameters go in [method.<id>] tables"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        given = error.get("input")
+        if not isinstance(given, (dict, BaseModel)) and kind != "missing":
+            message += f" (got {_short(given)})"
+    location = f"[{'.'.join(path)}]" if is_table else _table_key(path)
+    return f"{_where(path, layers)}: {location}: {message}"
+
+
+def _key_path(loc: tuple[Any, ...], root: type[BaseModel]
+              ) -> tuple[KeyPath, type[BaseModel] | None, bool]:
+    """The config key an error location points at, the model owning its last part, and
+    whether it is a whole table (a model-level check such as micro <= global batch size).
+
+    Stops at the first non-model field, so union member names and list indices
+    that pydantic appends stay out of the key.
+    """
+    model: type[BaseModel] | None = root
+    owner: type[BaseModel] | None = root
+    path: list[str] = []
+    for part in loc:
+        if not isinstance(part, str) or model is None:
+            break
+        path.append(part)
+        owner = model
+        info = model.model_fields.get(part)
+        annotation = info.annotation if info is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    is_table = model is not None and len(path) == len(loc)
+    return tuple(path), owner, is_table
+
+
+def _table_key(path: KeyPath) -> str:
+    if len(path) <= 1:
+        return f"[{'.'.join(path)}]"
+    return f"[{'.'.join(path[:-1])}] {path[-1]}"
+
+
+def _where(path: KeyPath, layers: list[Layer]) -> str:
+    for layer in reversed(layers):
+        origin = layer.origin_of(path)
+        if origin is not None:
+            return origin.detail
+    return "default"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _config_error(problems: list[str]) -> ConfigError:
+    hint = "`prism config show` lists every setting with its source; see the comments in `prism init`'s prism.toml"
+    if len(problems) == 1:
+        return ConfigError(f"invalid configuration: {problems[0]}", hint=hint)
+    body = "\n".join(f"  - {problem}" for problem in problems)
+    return ConfigError(f"invalid configuration ({len(problems)} problems):\n{body}", hint=hint)
+
+
+# -- provenance ------------------------------------------------------------------------------
+def _sources(config: PrismConfig, layers: list[Layer]) -> dict[str, str]:
+    """Dotted key -> where its value came from, for every leaf of the resolved config."""
+    sources: dict[str, str] = {}
+    for path in _leaf_paths(config.model_dump(mode="json")):
+        label = "default"
+        for layer in reversed(layers):
+            origin = layer.origin_of(path)
+            if origin is not None:
+                label = origin.label
+                break
+        sources[".".join(path)] = label
+    return sources
+
+
+def _leaf_paths(data: Mapping[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
+    """Leaves are the fields of the core tables and of method tables (dict values stay whole)."""
+    paths: list[KeyPath] = []
+    for key, value in data.items():
+        path = (*prefix, key)
+        descend = isinstance(value, Mapping) and (len(path) == 1 or path[:1] == ("method",) and len(path) == 2)
+        paths.extend(_leaf_paths(value, path) if descend else [path])
+    return paths

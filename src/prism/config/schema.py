@@ -1,0 +1,256 @@
+"""The core schema of ``prism.toml`` (phase one of validation).
+
+Every table forbids unknown keys so that a typo is an error, not a silently
+ignored setting. Method hyper-parameters are the exception: ``[method.<id>]``
+tables are plain dicts here and are validated in phase two by the selected
+method's own ``Params`` model (see ``prism.config.loader``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from prism.errors import ConfigError
+from prism.registry import did_you_mean
+
+__all__ = [
+    "BackboneConfig",
+    "BenchmarkConfig",
+    "InferConfig",
+    "MethodConfig",
+    "PluginsConfig",
+    "PrismConfig",
+    "ProjectConfig",
+    "TrainConfig",
+    "TaskSpec",
+    "task_selection",
+]
+
+#: What ``benchmark.tasks`` accepts: None/"all", "0-4", "0,2,3", 3, [0, 2], names.
+TaskSpec = str | int | list[int | str] | None
+
+
+class _Table(BaseModel):
+    """Base of every core table: unknown keys are errors, assignments are checked.
+
+    Numbers given for text settings become text (``PRISM_PROJECT__NAME=2024``).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+
+
+class ProjectConfig(_Table):
+    """[project]: naming, where outputs go, the global seed."""
+
+    name: str = Field("prism-demo", min_length=1, description="run name, used in reports")
+    output_dir: str = Field(
+        "outputs", min_length=1,
+        description="where checkpoints, predictions and reports go; relative to the project dir",
+    )
+    seed: int = Field(42, ge=0, description="seed for training (data order, init)")
+
+
+class BackboneConfig(_Table):
+    """[backbone]: which model family and which weights."""
+
+    id: str = Field("llava", min_length=1, description="registered backbone id (llava, internvl)")
+    model: str = Field(
+        "builtin:tiny-llava", min_length=1,
+        description="local path, hub id, or builtin:tiny-llava / builtin:tiny-internvl",
+    )
+    train_precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training dtype")
+    attn: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="attention implementation; auto = flash_attention_2 if usable, else sdpa",
+    )
+    routing_tower: str | None = Field(
+        None, description="encoder for routing features (methods that route by CLIP embeddings)",
+    )
+
+
+class BenchmarkConfig(_Table):
+    """[benchmark]: the task sequence and its data."""
+
+    id: str = Field("synthetic", min_length=1, description="registered benchmark id")
+    root: str = Field("data/synthetic", min_length=1,
+                      description="data folder; relative to the project dir")
+    tasks: str | list[int | str] | None = Field(
+        None, description="None/'all' = every task; '0-4', '0,2,3', [0, 2] or task names",
+    )
+    max_train_samples: int | None = Field(None, ge=1, description="cap per task (None: all)")
+    max_test_samples: int | None = Field(None, ge=1, description="cap per task (None: all)")
+    seed: int = Field(0, ge=0, description="data generation seed for generated benchmarks")
+    sub_dataset: bool = Field(False, description="use the benchmark's published subset")
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks_shape(cls, value: Any) -> Any:
+        """One clear message instead of pydantic's per-union-member errors."""
+        if isinstance(value, bool):
+            raise ValueError("expected 'all', a range like '0-4', a list like [0, 2] or task names")
+        if isinstance(value, int):
+            return [value]
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (int, str)) and not isinstance(v, bool) for v in value
+        ):
+            return list(value)
+        raise ValueError("expected 'all', a range like '0-4', a list like [0, 2] or task names")
+
+
+class MethodConfig(BaseModel):
+    """[method]: the continual-learning method and its ``[method.<id>]`` tables.
+
+    Extra keys are allowed but must be tables; which table names and which keys
+    inside them are valid is decided in phase two by the method registry.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, coerce_numbers_to_str=True)
+    __pydantic_extra__: dict[str, dict[str, Any]] = Field(init=False)
+
+    id: str = Field("ft_lora", min_length=1, description="registered method id")
+
+    @property
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """The ``[method.<id>]`` tables by method id."""
+        return dict(self.model_extra or {})
+
+    def table(self, method_id: str) -> dict[str, Any]:
+        return dict((self.model_extra or {}).get(method_id, {}))
+
+
+class TrainConfig(_Table):
+    """[train]: optimisation, per task."""
+
+    lr: float = Field(2e-4, gt=0, description="peak learning rate of the trainable parameters")
+    epochs: float = Field(1.0, gt=0, description="epochs per task (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps per task; overrides epochs")
+    global_batch_size: int = Field(16, ge=1, description="samples per optimizer step, all devices")
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="samples per forward pass per device (None: as large as global)",
+    )
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay shape")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping (None: off)")
+    projector_lr: float | None = Field(
+        None, gt=0, description="learning rate of the projector when a method trains it (None: lr)",
+    )
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory")
+    log_every: int = Field(10, ge=1, description="log the loss every N steps")
+    eval_after_each_task: bool = Field(True, description="fill the accuracy matrix row by row")
+
+    @model_validator(mode="after")
+    def _micro_fits_global(self) -> "TrainConfig":
+        if self.micro_batch_size is not None and self.micro_batch_size > self.global_batch_size:
+            raise ValueError(
+                f"micro_batch_size ({self.micro_batch_size}) is larger than "
+                f"global_batch_size ({self.global_batch_size})"
+            )
+        return self
+
+
+class InferConfig(_Table):
+    """[infer]: generation for evaluation."""
+
+    batch_size: int = Field(32, ge=1, description="samples per generate call")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="cap on generated tokens (None: the benchmark's per-task default)",
+    )
+    temperature: float = Field(0.0, ge=0, description="0 = greedy decoding")
+    num_beams: int = Field(1, ge=1, description="beam search width")
+
+
+class PluginsConfig(_Table):
+    """[plugins]: which installed plugins to ignore for this project."""
+
+    disable: list[str] = Field(default_factory=list, description="plugin names not to load")
+
+
+class PrismConfig(_Table):
+    """The whole ``prism.toml``."""
+
+    project: ProjectConfig = Field(default_factory=ProjectConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+
+
+_RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+
+
+def task_selection(spec: TaskSpec, task_names: list[str]) -> list[int]:
+    """Indices of the tasks ``spec`` selects, in the order given.
+
+    The order is kept (a continual-learning run may use a custom task order);
+    a task listed twice is an error because it would train twice.
+    """
+    count = len(task_names)
+    if count == 0:
+        raise ConfigError("benchmark.tasks: the benchmark has no tasks")
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return list(range(count))
+    items: list[int | str]
+    if isinstance(spec, bool):
+        raise ConfigError(f"benchmark.tasks: expected indices, a range or names, got {spec!r}")
+    if isinstance(spec, int):
+        items = [spec]
+    elif isinstance(spec, str):
+        items = [part.strip() for part in spec.split(",")]
+    elif isinstance(spec, (list, tuple)):
+        items = list(spec)
+    else:
+        raise ConfigError(f"benchmark.tasks: expected indices, a range or names, got {spec!r}")
+
+    chosen: list[int] = []
+    for item in items:
+        for index in _resolve_item(item, task_names):
+            if index in chosen:
+                raise ConfigError(f"benchmark.tasks: task {index} ({task_names[index]}) is listed twice")
+            chosen.append(index)
+    if not chosen:
+        raise ConfigError("benchmark.tasks: selects no task")
+    return chosen
+
+
+def _resolve_item(item: int | str, task_names: list[str]) -> list[int]:
+    count = len(task_names)
+    known = f"the benchmark has {count} tasks: 0-{count - 1} ({', '.join(task_names)})"
+    if isinstance(item, bool) or not isinstance(item, (int, str)):
+        raise ConfigError(f"benchmark.tasks: {item!r} is not a task index or name")
+    if isinstance(item, str):
+        text = item.strip()
+        if not text:
+            raise ConfigError("benchmark.tasks: empty entry (a stray comma?)")
+        match = _RANGE.match(text)
+        if match:
+            start, stop = int(match.group(1)), int(match.group(2))
+            if start > stop:
+                raise ConfigError(f"benchmark.tasks: range {text!r} goes backwards")
+            for index in (start, stop):
+                _check_index(index, count, known)
+            return list(range(start, stop + 1))
+        if text.lstrip("-").isdigit():
+            item = int(text)
+        elif text in task_names:
+            return [task_names.index(text)]
+        else:
+            lowered = [name.lower() for name in task_names]
+            if text.lower() in lowered:
+                return [lowered.index(text.lower())]
+            raise ConfigError(
+                f"benchmark.tasks: unknown task {text!r}{did_you_mean(text, task_names)}; {known}"
+            )
+    _check_index(item, count, known)
+    return [item]
+
+
+def _check_index(index: int, count: int, known: str) -> None:
+    if not 0 <= index < count:
+        raise ConfigError(f"benchmark.tasks: task index {index} is out of range; {known}")

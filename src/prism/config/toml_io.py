@@ -1,0 +1,192 @@
+"""Reading, writing and line-finding for TOML, with no dependency beyond tomllib.
+
+The writer covers only the value types a resolved config holds (str, int,
+float, bool, lists, nested tables); ``None`` has no TOML form and is written
+as a comment, which reads back as "not given".
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from prism.errors import ConfigError
+
+__all__ = ["read_toml_file", "parse_value", "dumps", "format_value", "atomic_write_text", "KeyLines"]
+
+_NONE_WORDS = {"none", "null"}
+
+
+def read_toml_file(path: Path) -> tuple[dict[str, Any], str]:
+    """The parsed document and its text; syntax errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text), text
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        where = f"{path}:{match.group(1)}" if match else str(path)
+        raise ConfigError(
+            f"{where}: invalid TOML: {exc}",
+            hint="strings need quotes (name = \"x\"), tables are written [table]",
+        ) from None
+
+
+def parse_value(raw: str) -> Any:
+    """An environment or ``--set`` value: TOML when it parses, else the plain string.
+
+    ``none``/``null`` mean None, so an optional setting given in the file can be
+    cleared from the command line (``--set train.max_steps=none``).
+    """
+    if raw.strip().lower() in _NONE_WORDS:
+        return None
+    try:
+        parsed = tomllib.loads(f"value = {raw}")
+    except tomllib.TOMLDecodeError:
+        return raw
+    if set(parsed) != {"value"}:  # "1\nother = 2" must not smuggle in a second key
+        return raw
+    value = parsed["value"]
+    if isinstance(value, (_dt.date, _dt.time)):  # dates are no config value: keep what was typed
+        return raw
+    return value
+
+
+# -- writing ---------------------------------------------------------------------------
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.match(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    out = []
+    for char in text:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def format_value(value: Any) -> str:
+    """One value in TOML syntax (dicts as inline tables)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _string(value)
+    if isinstance(value, (list, tuple)):
+        items = [format_value(v) for v in value if v is not None]
+        return "[" + ", ".join(items) + "]"
+    if isinstance(value, Mapping):
+        items = [f"{_key(str(k))} = {format_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML: {value!r}")
+
+
+def dumps(document: Mapping[str, Any], header: str = "") -> str:
+    """A document of tables as TOML text: scalars first, then one ``[section]`` per table."""
+    lines: list[str] = [f"# {line}" if line else "#" for line in header.splitlines()]
+    _write_table(lines, (), document)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _write_table(lines: list[str], path: tuple[str, ...], table: Mapping[str, Any]) -> None:
+    if path:
+        if lines:
+            lines.append("")
+        lines.append("[" + ".".join(_key(p) for p in path) + "]")
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            continue
+        if value is None:
+            lines.append(f"# {_key(key)} is not set")
+        else:
+            lines.append(f"{_key(key)} = {format_value(value)}")
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            _write_table(lines, (*path, str(key)), value)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: no half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# -- line finding ----------------------------------------------------------------------
+_HEADER = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEYLINE = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+_PART = re.compile(r"[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*'")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(part.strip("\"'") for part in _PART.findall(text))
+
+
+class KeyLines:
+    """Best-effort map from dotted key paths to the line that sets them.
+
+    A line scanner, not a parser: it follows ``[table]`` headers and
+    ``key = value`` lines, which is what hand-written config files contain.
+    """
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple[str, ...], int] = {}
+        table: tuple[str, ...] = ()
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = _HEADER.match(line)
+            if header:
+                table = _split_key(header.group(1))
+                self.lines.setdefault(table, number)
+                continue
+            keyline = _KEYLINE.match(line)
+            if keyline and not line.lstrip().startswith("#"):
+                self.lines.setdefault((*table, *_split_key(keyline.group(1))), number)
+
+    def find(self, path: tuple[str, ...]) -> int | None:
+        """The line of ``path``, else of its nearest enclosing table given in the file."""
+        for end in range(len(path), 0, -1):
+            number = self.lines.get(path[:end])
+            if number is not None:
+                return number
+        return None
