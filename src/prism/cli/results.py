@@ -14,6 +14,6 @@ def print_matrix(console: Any, matrix: Any, summary: dict, title: str = "") -> N
 def result_json(layout: Any, matrix: Any, summary: dict) -> dict:
     return {
         "benchmark": layout.benchmark, "method": layout.method, "backbone": layout.backbone,
-        "tasks": list(matrix.task_names), "matrix": matrix.to_dict()["rows"], "cl_metrics": summary,
+        "tasks": list(matrix.task_names), "matrix": matrix.to_list(), "cl_metrics": summary,
         "results_dir": str(layout.results_dir), "checkpoints_dir": str(layout.checkpoints_dir),
     }

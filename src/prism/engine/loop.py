@@ -116,7 +116,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             name = plan.sequence[position].name
             outcome.skipped.append(name)
             reporter.task_skipped(name, f"checkpoint {layout.checkpoint_name(plan.indices[position])} is complete")
-        if not matrix.has_row(prefix - 1) and cfg.train.eval_after_each_task:
+        if not matrix.row_complete(prefix - 1) and cfg.train.eval_after_each_task:
             evaluate_row(plan, backbone, method, root, prefix - 1, matrix, reporter)
 
     accelerator = _accelerator(cfg)
@@ -349,7 +349,7 @@ def _load_or_new_matrix(layout: RunLayout, plan: RunPlan) -> Any:
 def _write_summary(layout: RunLayout, matrix: Any) -> dict[str, Any]:
     from prism.evaluation.cl_metrics import cl_summary
 
-    summary = cl_summary(matrix.rows_present())
+    summary = matrix.summary()
     _write_json(layout.results_dir / CL_METRICS_FILE, summary)
     return summary
 

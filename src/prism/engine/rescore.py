@@ -35,7 +35,7 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
     if not found:
         raise PrismError(f"no prediction files under {layout.predictions_dir}",
                          hint="run `prism train` (or `prism infer` on saved checkpoints) first")
-    summary = cl_summary(matrix.rows_present())
+    summary = matrix.summary()
     layout.results_dir.mkdir(parents=True, exist_ok=True)
     matrix.save(layout.results_dir / MATRIX_FILE)
     write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)
