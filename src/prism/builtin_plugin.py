@@ -24,6 +24,12 @@ def register_backbones(register):
 def register_benchmarks(register):
     register("synthetic", "prism.benchmarks.synthetic:SyntheticBenchmark",
              "generated shapes benchmark, 5 tasks, runs on a laptop CPU in minutes")
+    register("ucit", "prism.benchmarks.ucit:UCITBenchmark",
+             "UCIT (HiDe-LLaVA), 6 tasks: ImageNet-R, ArxivQA, VizWiz-Caption, IconQA, CLEVR-Math, Flickr30k")
+    register("coin", "prism.benchmarks.coin:CoINBenchmark",
+             "CoIN, 8 tasks: ScienceQA, TextVQA, ImageNet, GQA, VizWiz, Grounding, VQAv2, OCR-VQA")
+    register("trigap", "prism.benchmarks.trigap:TriGapBenchmark",
+             "TriGap (PRISM), 10 tasks from medical, document, chart, driving and science VQA")
 
 
 @hookimpl

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "prism.cli.infer_cmd",
     "prism.cli.eval_cmd",
     "prism.cli.ckpt_cmd",
+    "prism.cli.data_cmd",
     "prism.cli.methods_cmd",
     "prism.cli.config_cmd",
     "prism.cli.plugins_cmd",

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
-from prism.cli.train_cmd import BenchmarkOpt, MethodOpt, OutputOpt, TasksOpt, run_flags
+from prism.cli.train_cmd import BackboneOpt, BenchmarkOpt, MethodOpt, ModelOpt, OutputOpt, TasksOpt, run_flags
 
 
 def register(app: typer.Typer) -> None:
@@ -15,8 +15,8 @@ def register(app: typer.Typer) -> None:
     def infer(
         ckpt: Annotated[Optional[list[str]], typer.Option("--ckpt", help="Only these checkpoints "
                         "(e.g. Task2_llava); default: every complete checkpoint of the run.")] = None,
-        tasks: TasksOpt = None, method: MethodOpt = None, benchmark: BenchmarkOpt = None,
-        output_dir: OutputOpt = None, config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+        tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
+        benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
     ) -> None:
         """Load the base model once, swap in each checkpoint's adapters, and predict every task it has seen."""
         from prism.cli.progress import RichReporter
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         from prism.config import load_config
         from prism.engine.infer import infer as run_infer
 
-        resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method, None, None, benchmark,
+        resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method, backbone, model, benchmark,
                                                                           output_dir, None))
         console = stderr_console()
         reporter = RichReporter(console)

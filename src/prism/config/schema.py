@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prism.errors import ConfigError
 from prism.registry import did_you_mean
@@ -25,6 +25,7 @@ __all__ = [
     "PrismConfig",
     "ProjectConfig",
     "TrainConfig",
+    "TaskOverride",
     "TaskSpec",
     "task_selection",
 ]
@@ -70,6 +71,21 @@ class BackboneConfig(_Table):
     )
 
 
+class TaskOverride(_Table):
+    """[benchmark.overrides."<task>"]: replace what the benchmark found for one task.
+
+    Paths are relative to ``benchmark.root`` (absolute paths work too) and are
+    used as given: no file discovery and no ``_sub`` suffix.
+    """
+
+    train_file: str | None = Field(None, min_length=1, description="training JSON (LLaVA conversations)")
+    test_file: str | None = Field(None, min_length=1, description="test JSON (question_id, text, answer)")
+    gt_file: str | None = Field(None, min_length=1, description="COCO caption ground truth")
+    image_root: str | None = Field(None, min_length=1, description="folder the records' image paths start from")
+    metric: str | None = Field(None, min_length=1, description="metric id (exact_match, anls, coco_caption, ...)")
+    max_new_tokens: int | None = Field(None, ge=1, description="generation cap for this task")
+
+
 class BenchmarkConfig(_Table):
     """[benchmark]: the task sequence and its data."""
 
@@ -83,6 +99,51 @@ class BenchmarkConfig(_Table):
     max_test_samples: int | None = Field(None, ge=1, description="cap per task (None: all)")
     seed: int = Field(0, ge=0, description="data generation seed for generated benchmarks")
     sub_dataset: bool = Field(False, description="use the benchmark's published subset")
+    fix_policy: Literal["error", "skip"] = Field(
+        "error", description="bad training records: stop with an error, or skip them with one warning",
+    )
+    overrides: dict[str, TaskOverride] | None = Field(
+        None, description="per-task replacements of files, image root, metric, max_new_tokens "
+        "(None: the benchmark's defaults for every task)",
+    )
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _overrides_shape(cls, value: Any) -> Any:
+        """Validate ``overrides`` entry by entry so messages name the task and key.
+
+        The loader can only point at ``[benchmark] overrides`` as a whole (a dict of
+        models is not a table it can walk), so the task name must be in the text.
+        """
+        if value is None or value == {}:
+            return None  # "not set", like the other optional keys
+        if not isinstance(value, dict):
+            raise ValueError('expected a table of task tables, e.g. [benchmark.overrides."ImageNet-R"]')
+        known = list(TaskOverride.model_fields)
+        problems: list[str] = []
+        checked: dict[str, Any] = {}
+        for task, table in value.items():
+            if isinstance(table, TaskOverride):
+                checked[task] = table
+                continue
+            if not isinstance(table, dict):
+                problems.append(f"overrides.{task}: expected a table of {', '.join(known)}")
+                continue
+            unknown = [key for key in table if key not in known]
+            for key in unknown:
+                problems.append(f"overrides.{task}: unknown key {key!r}{did_you_mean(key, known)}; "
+                                f"allowed: {', '.join(known)}")
+            if unknown:
+                continue
+            try:
+                checked[task] = TaskOverride.model_validate(table)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    where = ".".join(str(part) for part in error["loc"])
+                    problems.append(f"overrides.{task}.{where}: {error['msg']} (got {error.get('input')!r})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return checked
 
     @field_validator("tasks", mode="before")
     @classmethod

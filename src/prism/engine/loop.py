@@ -129,7 +129,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             from prism.benchmarks.data import TaskDataset
             from prism.engine.fit import TaskFitter, total_steps
 
-            records = _training_records(plan, root, position)
+            records = _training_records(plan, root, position, reporter)
             records = method.training_records(task, records)
             dataset = TaskDataset(records, backbone=backbone, root=root,
                                   specs={t.name: t for t in plan.all_tasks})
@@ -188,11 +188,14 @@ class _NoFit:
         return self.model(**batch.model_inputs())
 
 
-def _training_records(plan: RunPlan, root: Path, position: int) -> list[dict]:
-    from prism.benchmarks.data import load_train_records
+def _training_records(plan: RunPlan, root: Path, position: int, reporter: Reporter) -> list[dict]:
+    """The task's training records; bad ones fail the run or are skipped ([benchmark] fix_policy)."""
+    from prism.benchmarks.check import load_train_records_checked
 
     spec = plan.sequence[position]
-    records = load_train_records(root, spec, max_samples=plan.config.benchmark.max_train_samples)
+    policy = plan.config.benchmark.fix_policy
+    records = load_train_records_checked(root, spec, plan.config.benchmark.max_train_samples, policy,
+                                         check_images=policy == "skip", warn=reporter.message)
     for record in records:
         record["_task"] = spec.name
     return records

@@ -1,0 +1,93 @@
+"""`prism data check`: every problem of a benchmark's data in one report.
+
+Exit 0 when the data is clean, 1 when anything is wrong (after printing the
+whole report), 2 for configuration errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+
+data_app = typer.Typer(
+    name="data",
+    help="Check a benchmark's data: files, records, images, ids and caption ground truth.",
+    no_args_is_help=True,
+)
+
+BenchmarkOpt = Annotated[Optional[str], typer.Option(
+    "--benchmark", "-b", help="Benchmark id (overrides benchmark.id): ucit, coin, trigap, synthetic.",
+    show_default=False)]
+TasksOpt = Annotated[Optional[str], typer.Option(
+    "--tasks", "-t", help="Tasks to check, by index or name: '0-4', '0,2', 'IconQA,Flickr30k'. "
+    "Default: benchmark.tasks, else all.", show_default=False)]
+NoImagesOpt = Annotated[bool, typer.Option(
+    "--no-images", help="Check the annotation files only; do not open image files (much faster).")]
+MaxExamplesOpt = Annotated[int, typer.Option(
+    "--max-examples", min=1, help="How many examples to list per problem kind.")]
+
+
+@data_app.command("check")
+def check(benchmark: BenchmarkOpt = None, tasks: TasksOpt = None, config: ConfigOpt = None,
+          set_: SetOpt = None, no_images: NoImagesOpt = False, max_examples: MaxExamplesOpt = 10,
+          json_: JsonOpt = False) -> None:
+    """Validate the selected tasks' training and test files, their images and caption ground truth."""
+    from prism.config import load_config, task_selection
+    from prism.plugins import registry
+
+    resolved = load_config(config, sets=set_, flags={"benchmark.id": benchmark, "benchmark.tasks": tasks},
+                           validate_method=False)
+    cfg = resolved.config
+    bench = registry("benchmark", resolved.project_dir).load(cfg.benchmark.id)(cfg.benchmark, resolved.project_dir)
+    # Configuration mistakes (task names, overrides) surface before the slow imports below.
+    task_selection(cfg.benchmark.tasks, [spec.name for spec in bench.task_specs()])
+    if cfg.benchmark.id == "synthetic":
+        bench.prepare()  # generated on first use; checking an absent folder would only say "missing"
+
+    from prism.benchmarks.check import check_benchmark, check_summary_error  # imports torch (via data.py)
+    console = stderr_console()
+    with _progress(console, enabled=not json_) as update:
+        report = check_benchmark(bench, check_images=not no_images, max_examples=max_examples,
+                                 progress=update)
+    if json_:
+        emit_json(report.to_dict())
+    else:
+        report.render(console, summary=report.ok)  # with problems, the error line is the summary
+    if not report.ok:
+        raise check_summary_error(report)
+
+
+class _progress:
+    """A transient rich progress bar on stderr, fed by check_benchmark's callback."""
+
+    def __init__(self, console, enabled: bool):
+        self.console = console
+        self.enabled = enabled and console.is_terminal
+        self._bar = None
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TimeElapsedColumn(), console=self.console, transient=True)
+        self._bar.start()
+        return self.update
+
+    def update(self, description: str, done: int, total: int) -> None:
+        if description not in self._tasks:
+            self._tasks[description] = self._bar.add_task(f"check {description}", total=total)
+        self._bar.update(self._tasks[description], completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
