@@ -52,3 +52,17 @@ class CliResult:
 
     def __repr__(self) -> str:
         return f"CliResult(code={self.code}, stdout={self.stdout[-2000:]!r}, stderr={self.stderr[-3000:]!r})"
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """The generated benchmark, shared by every test of the session (it is deterministic)."""
+    from types import SimpleNamespace
+
+    from prism.benchmarks.synthetic import SyntheticBenchmark
+
+    root = tmp_path_factory.mktemp("synthetic-data")
+    config = SimpleNamespace(id="synthetic", root=str(root), seed=0, tasks=None, max_train_samples=None,
+                             max_test_samples=None, sub_dataset=False)
+    SyntheticBenchmark(config, root).prepare()
+    return root

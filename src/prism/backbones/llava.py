@@ -1,0 +1,233 @@
+"""The ``llava`` backbone: llava-hf folders loaded with transformers' own classes.
+
+``builtin:<name>`` names a model shipped in ``prism/assets/<name>`` (the tiny
+LLaVA); anything else is a local folder or a hub id. Loading checks that the
+processor, the model config and the vision config agree on how many tokens an
+image becomes; a disagreement otherwise surfaces much later as "Image features
+and image tokens do not match" in the middle of training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+from prism.backbones.base import Backbone, LoadedBackbone
+from prism.backbones.template import get_template
+from prism.errors import ConfigError
+
+BUILTIN_PREFIX = "builtin:"
+TINY_METADATA_FILE = "prism_tiny.json"
+ATTN_CHOICES = ("auto", "sdpa", "eager", "flash_attention_2")
+
+
+def assets_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "assets"
+
+
+def available_builtins() -> list[str]:
+    """Names usable as ``builtin:<name>``: asset folders holding a config.json."""
+    root = assets_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local folder for ``model``: a builtin, an existing folder, or a hub snapshot."""
+    if model.startswith(BUILTIN_PREFIX):
+        name = model[len(BUILTIN_PREFIX):]
+        folder = assets_dir() / name
+        if not (folder / "config.json").is_file():
+            known = ", ".join(BUILTIN_PREFIX + n for n in available_builtins()) or "none installed"
+            raise ConfigError(f"[backbone] model = {model!r}: no such builtin model; available: {known}")
+        return folder
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"[backbone] model = {model!r}: folder {local} has no config.json",
+                              hint="point at a llava-hf model folder")
+        return local.resolve()
+    if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ConfigError(f"[backbone] model = {model!r}: not a model folder or a hub id (owner/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        with quiet_transformers():
+            return Path(snapshot_download(repo_id=model))
+    except Exception as exc:  # network, auth, offline mode without a cached copy
+        raise ConfigError(f"[backbone] model = {model!r}: not a local folder and could not be fetched "
+                          f"from the hub ({type(exc).__name__}: {exc})",
+                          hint="download it first or give a local path; set HF_HUB_OFFLINE=1 to use the cache only") from None
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' and the hub's progress bars, warnings and info logs for a while."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        hub_bars_were_disabled = are_progress_bars_disabled()
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover - huggingface_hub always comes with transformers
+        hub_bars_were_disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if not hub_bars_were_disabled:
+            enable_progress_bars()
+
+
+def attn_implementation(attn: str, device: Any) -> str:
+    """Map ``[backbone] attn`` to transformers' ``attn_implementation``."""
+    if attn not in ATTN_CHOICES:
+        raise ConfigError(f"[backbone] attn = {attn!r}: expected one of {', '.join(ATTN_CHOICES)}")
+    if attn == "auto":
+        return "sdpa"
+    if attn == "flash_attention_2":
+        import importlib.util
+
+        if "cuda" not in str(device) or importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("[backbone] attn = \"flash_attention_2\" needs a CUDA GPU and the flash-attn package",
+                              hint="use attn = \"sdpa\" (or \"auto\") on this machine")
+    return attn
+
+
+# -- image-token geometry --------------------------------------------------------------------
+def _has_class_token(vision_config: Any) -> bool:
+    """CLIP and InternViT prepend a CLS token to the patches; SigLIP does not."""
+    return "siglip" not in str(getattr(vision_config, "model_type", ""))
+
+
+def _processed_size(image_processor: Any) -> tuple[int, int] | None:
+    size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
+    if not size:
+        return None
+    size = dict(size) if not isinstance(size, int) else {"height": size, "width": size}
+    if "height" in size and "width" in size:
+        return int(size["height"]), int(size["width"])
+    if "shortest_edge" in size:
+        return int(size["shortest_edge"]), int(size["shortest_edge"])
+    return None
+
+
+def image_token_count(model_config: Any, processor: Any | None, where: str = "the model") -> int:
+    """How many tokens one ``<image>`` becomes, after checking that all three places agree.
+
+    Places: the processor (``patch_size``, ``vision_feature_select_strategy``,
+    ``num_additional_image_tokens``), the model config (``vision_feature_select_strategy``,
+    ``image_seq_length``) and the vision config (``image_size``, ``patch_size``).
+    """
+    vision = model_config.vision_config
+    strategy = model_config.vision_feature_select_strategy
+    grid = (vision.image_size // vision.patch_size) ** 2
+    from_vision = grid + int(_has_class_token(vision)) - int(strategy == "default")
+    seq = getattr(model_config, "image_seq_length", None)
+    parts = [f"vision config (image_size={vision.image_size}, patch_size={vision.patch_size}) "
+             f"gives {from_vision} features",
+             f"model config (vision_feature_select_strategy={strategy!r}, image_seq_length={seq})"]
+    ok = seq is None or seq == from_vision
+    if processor is not None and getattr(processor, "patch_size", None):
+        p_strategy = getattr(processor, "vision_feature_select_strategy", None)
+        extra = int(getattr(processor, "num_additional_image_tokens", 0) or 0)
+        size = _processed_size(processor.image_processor)
+        if size is None:
+            from_processor = None
+        else:
+            from_processor = ((size[0] // processor.patch_size) * (size[1] // processor.patch_size)
+                              + extra - int(p_strategy == "default"))
+        parts.insert(0, f"processor (patch_size={processor.patch_size}, vision_feature_select_strategy="
+                        f"{p_strategy!r}, num_additional_image_tokens={extra}) gives {from_processor} tokens")
+        ok = ok and from_processor == from_vision and p_strategy == strategy
+    elif processor is not None:
+        parts.insert(0, "processor has no patch_size")
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"the image-token geometry of {where} does not agree: " + "; ".join(parts),
+            hint="the three must give the same count (CLIP with strategy \"default\" needs "
+                 "num_additional_image_tokens=1 in processor_config.json)")
+    return from_vision
+
+
+def _vocabulary_sha256(tokenizer: Any) -> str:
+    vocab = [tok for tok, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])]
+    return hashlib.sha256("\n".join(vocab).encode("utf-8")).hexdigest()
+
+
+def _tiny_metadata(folder: Path) -> dict[str, Any] | None:
+    path = folder / TINY_METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+
+
+class LlavaBackbone(Backbone):
+    """LLaVA-1.5 in llava-hf format (``LlavaForConditionalGeneration``), tiny variants included."""
+
+    id = "llava"
+
+    def load(self, config: Any, *, device: Any = "cpu") -> LoadedBackbone:
+        import torch
+        from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+        from transformers import LlavaForConditionalGeneration
+
+        folder = resolve_model_path(config.model)
+        attn = attn_implementation(getattr(config, "attn", "auto"), device)
+        model_config = AutoConfig.from_pretrained(folder)
+        if getattr(model_config, "model_type", None) != "llava":
+            raise ConfigError(f"[backbone] model = {config.model!r}: {folder} holds a "
+                              f"{getattr(model_config, 'model_type', '?')!r} model, not a llava-hf one")
+        with quiet_transformers():
+            try:
+                processor = AutoProcessor.from_pretrained(folder)
+                tokenizer, image_processor = processor.tokenizer, processor.image_processor
+            except (OSError, ValueError, TypeError, AttributeError):
+                processor = None
+                tokenizer = AutoTokenizer.from_pretrained(folder)
+                image_processor = AutoImageProcessor.from_pretrained(folder)
+            num_image_tokens = image_token_count(model_config, processor, where=str(folder))
+            # fp32 weights: CPU runs fp32, and accelerate's mixed precision wants fp32 masters.
+            model = LlavaForConditionalGeneration.from_pretrained(
+                folder, attn_implementation=attn, dtype=torch.float32)
+        meta = _tiny_metadata(folder)
+        if meta and meta.get("vocabulary_sha256") not in (None, _vocabulary_sha256(tokenizer)):
+            raise ConfigError(f"{folder}: the tokenizer's vocabulary does not match the one the model "
+                              f"was built with ({TINY_METADATA_FILE}); rebuild it with "
+                              "`python -m prism.backbones.tiny build`")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        if model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.to(device)
+        model.eval()
+        image_token = getattr(tokenizer, "image_token", None) or getattr(processor, "image_token", "<image>")
+        return LoadedBackbone(
+            backbone_id=self.id,
+            model_path=config.model,
+            resolved_path=str(folder),
+            model=model,
+            tokenizer=tokenizer,
+            image_processor=image_processor,
+            template=get_template("tiny" if meta is not None else "vicuna_v1"),
+            num_image_tokens=num_image_tokens,
+            image_token=image_token,
+            extra={"processor": processor, "attn_implementation": attn, "prism_tiny": meta},
+        )
