@@ -3,7 +3,16 @@
 Each plugin is loaded and each of its hooks is called inside its own
 try/except, so one broken plugin is reported (``prism plugins``) instead of
 taking the CLI down. ``PRISM_STRICT_PLUGINS=1`` re-raises instead.
-``PRISM_DISABLE_PLUGIN_AUTOLOAD=1`` skips installed entry points (hermetic tests).
+
+Which plugins load:
+
+- ``PRISM_DISABLE_PLUGIN_AUTOLOAD=1`` skips installed entry points (hermetic tests);
+- ``PRISM_LOAD_PLUGINS=a,b`` loads only those installed plugins (by distribution or
+  entry-point name; an empty value loads none), and wins over the autoload switch;
+- ``PRISM_DISABLED_PLUGINS=a,b`` and ``[plugins] disable = [...]`` in the project's
+  prism.toml skip plugins by distribution, entry-point or local name (``local:<stem>``).
+
+``PRISM_TRACE_PLUGINS=1`` prints every plugin load and hook call to stderr.
 """
 
 from __future__ import annotations
@@ -11,21 +20,25 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pluggy
 
-from prism import PROJECT_NAME, hookspecs
+from prism import PROJECT_NAME, __version__, hookspecs
 from prism.errors import PluginError
 from prism.registry import Registry
 
 ENTRY_POINT_GROUP = "prism_mcit"
 KINDS = ("method", "backbone", "benchmark", "metric")
+CONFIG_FILE_NAME = "prism.toml"
 
 
 @dataclass
@@ -34,14 +47,30 @@ class PluginInfo:
 
     name: str
     provider: str  # "builtin", "dist==version" or "local:<path>"
+    source: str = "builtin"  # "builtin", "entry point" or "local"
+    distribution: str | None = None
+    version: str | None = None
     hooks: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    disabled: str | None = None  # why it was not loaded, when that was asked for
 
     @property
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def status(self) -> str:
+        if self.errors:
+            return "error"
+        return "disabled" if self.disabled else "ok"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "provider": self.provider, "source": self.source,
+                "distribution": self.distribution, "version": self.version, "hooks": self.hooks,
+                "status": self.status, "disabled": self.disabled, "errors": self.errors, "ok": self.ok}
+
+
+# -- settings from the environment and prism.toml ------------------------------------------
 def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -50,11 +79,80 @@ def _strict() -> bool:
     return _truthy("PRISM_STRICT_PLUGINS")
 
 
-def _disabled_names() -> set[str]:
-    raw = os.environ.get("PRISM_DISABLED_PLUGINS", "")
-    return {part.strip() for part in raw.split(",") if part.strip()}
+def _tracing() -> bool:
+    return _truthy("PRISM_TRACE_PLUGINS")
 
 
+def normalize(name: str) -> str:
+    """PEP 503 normalisation, so ``Prism_LwF`` and ``prism-lwf`` name the same plugin."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _name_list(raw: str) -> set[str]:
+    return {normalize(part.strip()) for part in raw.split(",") if part.strip()}
+
+
+def _env_disabled() -> set[str]:
+    return _name_list(os.environ.get("PRISM_DISABLED_PLUGINS", ""))
+
+
+def _only_loaded() -> set[str] | None:
+    """The PRISM_LOAD_PLUGINS allow-list, or None when the variable is not set."""
+    raw = os.environ.get("PRISM_LOAD_PLUGINS")
+    return None if raw is None else _name_list(raw)
+
+
+def config_disabled(project_dir: Path | None) -> set[str]:
+    """``[plugins] disable`` of the project's prism.toml, read with tomllib alone.
+
+    The plugin manager is built before the configuration is validated (the
+    method's parameters need the registry), so only this one table is read here;
+    a broken file is left for ``load_config`` to report.
+    """
+    if project_dir is None:
+        return set()
+    env = os.environ.get("PRISM_CONFIG")
+    path = Path(project_dir) / CONFIG_FILE_NAME
+    if env:
+        given = Path(env).expanduser()
+        given = given / CONFIG_FILE_NAME if given.is_dir() else given
+        if given.resolve().parent == Path(project_dir).resolve():
+            path = given
+    try:
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python 3.10
+            import tomli as tomllib
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("plugins", {})
+    except (OSError, ValueError):
+        return set()
+    names = table.get("disable", []) if isinstance(table, dict) else []
+    return {normalize(n) for n in names if isinstance(n, str) and n.strip()} if isinstance(names, list) else set()
+
+
+def _trace(message: str) -> None:
+    if _tracing():
+        sys.stderr.write(f"[prism plugins] {message}\n")
+        sys.stderr.flush()
+
+
+@contextmanager
+def _timed(what: str) -> Iterator[None]:
+    """Trace ``what`` with its duration (and its failure, which is re-raised)."""
+    if not _tracing():
+        yield
+        return
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException as exc:
+        _trace(f"{what}: FAILED after {1000 * (time.perf_counter() - started):.1f} ms: "
+               f"{type(exc).__name__}: {exc}")
+        raise
+    _trace(f"{what}: {1000 * (time.perf_counter() - started):.1f} ms")
+
+
+# -- the manager --------------------------------------------------------------------------
 class PluginManager:
     """Loads plugins once and builds the four registries from their hooks."""
 
@@ -64,44 +162,74 @@ class PluginManager:
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self._providers: dict[int, PluginInfo] = {}
+        self._disabled = _env_disabled()
+        self._config_disabled = config_disabled(project_dir)
+        only = _only_loaded()
         if autoload is None:
-            autoload = not _truthy("PRISM_DISABLE_PLUGIN_AUTOLOAD")
-        self._add("builtin", "builtin", lambda: importlib.import_module("prism.builtin_plugin"))
+            autoload = only is not None or not _truthy("PRISM_DISABLE_PLUGIN_AUTOLOAD")
+        builtin = PluginInfo("builtin", "builtin", distribution="prism-mcit", version=__version__)
+        self._add(builtin, lambda: importlib.import_module("prism.builtin_plugin"))
         if autoload:
-            self._load_entry_points()
+            self._load_entry_points(only)
         if project_dir is not None:
             self._load_local(Path(project_dir) / "plugins")
         for name, obj in extra_plugins or []:
-            self._add(name, f"local:{name}", lambda obj=obj: obj)
+            self._add(PluginInfo(name, f"local:{name}", source="local"), lambda obj=obj: obj)
         self.registries: dict[str, Registry] = {kind: Registry(kind) for kind in KINDS}
         for kind in KINDS:
             self._collect(kind)
 
-    # -- loading -------------------------------------------------------------
-    def _add(self, name: str, provider: str, loader) -> None:
-        info = PluginInfo(name=name, provider=provider)
-        self.infos[name] = info
-        if name in _disabled_names():
-            info.errors.append("disabled by PRISM_DISABLED_PLUGINS")
+    # -- loading -------------------------------------------------------------------------
+    def _why_disabled(self, info: PluginInfo) -> str | None:
+        names = {normalize(info.name)}
+        if info.distribution:
+            names.add(normalize(info.distribution))
+        if names & self._disabled:
+            return "disabled by PRISM_DISABLED_PLUGINS"
+        if names & self._config_disabled:
+            return "disabled by [plugins] disable in prism.toml"
+        return None
+
+    def _add(self, info: PluginInfo, loader: Callable[[], Any], reason: str | None = None) -> None:
+        key = info.name
+        if key in self.infos:  # two distributions with the same entry-point name
+            other = self.infos[key]
+            key = f"{info.name} ({info.provider})"
+            info.errors.append(f"plugin name {info.name!r} is already used by {other.provider}; "
+                               f"not loaded from {info.provider}")
+            self.infos[key] = info
+            if _strict():
+                raise PluginError(info.errors[-1])
+            return
+        self.infos[key] = info
+        info.disabled = reason or (None if info.source == "builtin" else self._why_disabled(info))
+        if info.disabled:
+            _trace(f"skip {info.name} ({info.provider}): {info.disabled}")
             return
         try:
-            plugin = loader()
-            self.pm.register(plugin, name=name)
+            with _timed(f"load {info.name} ({info.provider})"):
+                plugin = loader()
+                self.pm.register(plugin, name=key)
         except Exception as exc:
             if _strict():
                 raise
             info.errors.append(f"failed to load: {type(exc).__name__}: {exc}")
             return
-        info.hooks = sorted(
-            impl.name for impl in self.pm.get_hookcallers(plugin) or []
-        )
+        info.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
         self._providers[id(plugin)] = info
 
-    def _load_entry_points(self) -> None:
-        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = getattr(ep, "dist", None)
-            provider = f"{dist.name}=={dist.version}" if dist is not None else ep.value
-            self._add(ep.name, provider, ep.load)
+    def _load_entry_points(self, only: set[str] | None) -> None:
+        # Sorted, so that which of two clashing plugins keeps an id does not depend on
+        # the order the file system lists site-packages in.
+        found = metadata.entry_points(group=ENTRY_POINT_GROUP)
+        for ep in sorted(found, key=lambda ep: (normalize(ep.dist.name) if ep.dist else "", ep.name)):
+            name, version = (ep.dist.name, ep.dist.version) if ep.dist is not None else (None, None)
+            provider = f"{name}=={version}" if ep.dist is not None else ep.value
+            info = PluginInfo(ep.name, provider, source="entry point", distribution=name, version=version)
+            reason = None
+            if only is not None and not ({normalize(ep.name), normalize(name or "")} & only):
+                reason = "not listed in PRISM_LOAD_PLUGINS"
+            self._add(info, ep.load, reason)
 
     def _load_local(self, folder: Path) -> None:
         if not folder.is_dir():
@@ -109,41 +237,47 @@ class PluginManager:
         for path in sorted(folder.glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            self._add(f"local:{path.stem}", f"local:{path}", lambda path=path: _import_file(path))
+            info = PluginInfo(f"local:{path.stem}", f"local:{path}", source="local")
+            self._add(info, lambda path=path: _import_file(path))
 
-    # -- registration --------------------------------------------------------
+    # -- registration --------------------------------------------------------------------
     def _collect(self, kind: str) -> None:
         registry = self.registries[kind]
-        caller = getattr(self.pm.hook, f"register_{kind}s")
-        for impl in caller.get_hookimpls():  # registration order: built-ins first
+        hook = f"register_{kind}s"
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():  # registration order: built-ins first
             info = self._providers.get(id(impl.plugin))
             if info is None:
                 continue
 
-            def register(id: str, target: Any, summary: str = "", _info=info, **extra: Any) -> None:
+            def register(id: str, target: Any, summary: str = "", _info: PluginInfo = info, **extra: Any) -> None:
                 try:
                     registry.add(id, target, summary, provider=_info.provider, **extra)
+                    _trace(f"  {_info.name} registered {kind} {id!r} -> {target!r}")
                 except PluginError as exc:  # a clash loses only the clashing id
                     if _strict():
                         raise
                     _info.errors.append(str(exc))
+                    _trace(f"  {_info.name}: {exc}")
 
             try:
-                impl.function(register=register)
+                with _timed(f"{hook} of {info.name}"):
+                    impl.function(register=register)
             except Exception as exc:
                 if _strict():
                     raise
-                info.errors.append(f"register_{kind}s failed: {type(exc).__name__}: {exc}")
+                info.errors.append(f"{hook} failed: {type(exc).__name__}: {exc}")
 
     def add_commands(self, app: Any, core_names: set[str]) -> None:
-        """Let plugins add commands; a plugin may not shadow a core command."""
+        """Let plugins add commands; none may shadow a core command or another plugin's."""
+        owners: dict[str, PluginInfo] = {}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             info = self._providers.get(id(impl.plugin))
             if info is None or info.provider == "builtin":
                 continue
             before = [*app.registered_commands, *app.registered_groups]
             try:
-                impl.function(app=app)
+                with _timed(f"register_commands of {info.name}"):
+                    impl.function(app=app)
             except Exception as exc:
                 if _strict():
                     raise
@@ -152,12 +286,29 @@ class PluginManager:
             for collection in (app.registered_commands, app.registered_groups):
                 for item in [i for i in collection if not any(i is b for b in before)]:
                     name = _command_name(item)
+                    problem = None
                     if name in core_names:
-                        collection.remove(item)
-                        info.errors.append(f"command {name!r} shadows a core prism command and was ignored")
+                        problem = f"command {name!r} shadows a core prism command and was ignored"
+                    elif name in owners:
+                        problem = (f"command {name!r} is registered twice: by {owners[name].provider} "
+                                   f"and by {info.provider}; the second was ignored")
+                    if problem is None:
+                        owners[name or ""] = info
+                        _trace(f"  {info.name} added command {name!r}")
+                        continue
+                    collection.remove(item)
+                    info.errors.append(problem)
+                    _trace(f"  {info.name}: {problem}")
+                    if _strict():
+                        raise PluginError(problem)
 
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
+
+    def provided_by(self, info: PluginInfo) -> dict[str, list[str]]:
+        """The ids each kind's registry holds from ``info``'s plugin."""
+        provided = {kind: [e.id for e in self.registries[kind] if e.provider == info.provider] for kind in KINDS}
+        return {kind: ids for kind, ids in provided.items() if ids}
 
 
 def _command_name(item: Any) -> str | None:

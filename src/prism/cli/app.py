@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "prism.cli.ckpt_cmd",
     "prism.cli.data_cmd",
     "prism.cli.methods_cmd",
+    "prism.cli.registry_cmd",
     "prism.cli.config_cmd",
     "prism.cli.plugins_cmd",
     "prism.cli.init_cmd",

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.completion import complete_checkpoint
 
 
 def _output_dir(config, set_) -> "tuple":
@@ -52,7 +53,8 @@ def register(app: typer.Typer) -> None:
 
     @ckpt.command("inspect")
     def inspect(
-        name: Annotated[str, typer.Argument(help="Checkpoint name (e.g. Task2_llava) or folder path.")],
+        name: Annotated[str, typer.Argument(help="Checkpoint name (e.g. Task2_llava) or folder path.",
+                                                 autocompletion=complete_checkpoint)],
         config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
         no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip checking file hashes.")] = False,
     ) -> None:

@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.completion import complete_method
 
 MethodOpt = Annotated[
     Optional[str],
-    typer.Option("--method", "-m", help="Method id (overrides method.id).", show_default=False),
+    typer.Option("--method", "-m", help="Method id (overrides method.id).", show_default=False,
+                 autocompletion=complete_method),
 ]
 
 config_app = typer.Typer(

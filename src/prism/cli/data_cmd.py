@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.completion import complete_benchmark, complete_tasks
 
 data_app = typer.Typer(
     name="data",
@@ -20,10 +21,11 @@ data_app = typer.Typer(
 
 BenchmarkOpt = Annotated[Optional[str], typer.Option(
     "--benchmark", "-b", help="Benchmark id (overrides benchmark.id): ucit, coin, trigap, synthetic.",
-    show_default=False)]
+    show_default=False, autocompletion=complete_benchmark)]
 TasksOpt = Annotated[Optional[str], typer.Option(
     "--tasks", "-t", help="Tasks to check, by index or name: '0-4', '0,2', 'IconQA,Flickr30k'. "
-    "Default: benchmark.tasks, else all.", show_default=False)]
+    "Default: benchmark.tasks, else all.", show_default=False,
+    autocompletion=complete_tasks)]
 NoImagesOpt = Annotated[bool, typer.Option(
     "--no-images", help="Check the annotation files only; do not open image files (much faster).")]
 MaxExamplesOpt = Annotated[int, typer.Option(

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.completion import complete_metric
 from prism.cli.train_cmd import BenchmarkOpt, MethodOpt, OutputOpt, TasksOpt, run_flags
 
 
@@ -42,10 +43,35 @@ def register(app: typer.Typer) -> None:
             out["artifacts"] = {k: str(v) for k, v in artifacts.items()}
             emit_json(out)
 
+    @evaluation.command("compare")
+    def compare(
+        methods: Annotated[list[str], typer.Argument(help="Method ids whose runs to compare, e.g. ft_lora replay_lora.")],
+        tasks: TasksOpt = None, benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None,
+        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+    ) -> None:
+        """Several runs (one per method) side by side: Last/MFN, MFT, MAA, BWT, Forgetting."""
+        from prism.config import load_config
+        from prism.engine.rescore import rescore
+        from prism.evaluation.matrix import render_comparison
+
+        runs = {}
+        for method_id in methods:
+            resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method_id, None, None,
+                                                                              benchmark, output_dir, None))
+            _, matrix, summary = rescore(resolved)
+            runs[method_id] = {"matrix": matrix, "summary": summary}
+        if json_:
+            emit_json({m: {"tasks": list(r["matrix"].task_names), "matrix": r["matrix"].to_list(),
+                           "cl_metrics": r["summary"]} for m, r in runs.items()})
+            return
+        stderr_console().print(render_comparison({m: r["summary"] for m, r in runs.items()},
+                                                 title="methods compared"))
+
     @evaluation.command("score")
     def score(
         predictions: Annotated[Path, typer.Argument(help="Prediction JSONL file.")],
-        metric: Annotated[str, typer.Option("--metric", help="Metric id (e.g. exact_match, coco_caption).")],
+        metric: Annotated[str, typer.Option("--metric", help="Metric id (e.g. exact_match, coco_caption).",
+                                                 autocompletion=complete_metric)],
         gt: Annotated[Optional[Path], typer.Option("--gt", help="COCO-format ground truth (caption metrics).")] = None,
         json_: JsonOpt = False,
     ) -> None:

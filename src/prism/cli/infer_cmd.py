@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.completion import complete_checkpoint
 from prism.cli.train_cmd import BackboneOpt, BenchmarkOpt, MethodOpt, ModelOpt, OutputOpt, TasksOpt, run_flags
 
 
@@ -14,7 +15,8 @@ def register(app: typer.Typer) -> None:
     @app.command("infer")
     def infer(
         ckpt: Annotated[Optional[list[str]], typer.Option("--ckpt", help="Only these checkpoints "
-                        "(e.g. Task2_llava); default: every complete checkpoint of the run.")] = None,
+                        "(e.g. Task2_llava); default: every complete checkpoint of the run.",
+                        autocompletion=complete_checkpoint)] = None,
         tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
         benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
     ) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from prism.cli.common import JsonOpt, emit_json, project_dir_for_plugins, stderr_console
+from prism.cli.completion import complete_method
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,8 @@ def register(app: typer.Typer) -> None:
         stderr_console().print(table)
 
     @methods.command("show")
-    def show(method_id: Annotated[str, typer.Argument(help="Method id, e.g. ft_lora.")], json_: JsonOpt = False) -> None:
+    def show(method_id: Annotated[str, typer.Argument(help="Method id, e.g. ft_lora.",
+                                                                  autocompletion=complete_method)], json_: JsonOpt = False) -> None:
         """A method's hyper-parameters: defaults, types and meaning."""
         from prism.plugins import registry
 

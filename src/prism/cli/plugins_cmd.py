@@ -1,4 +1,4 @@
-"""`prism plugins`: every plugin, where it comes from, its hooks and any load error."""
+"""`prism plugins`: every plugin, its distribution and version, its hooks and any load error."""
 
 from __future__ import annotations
 
@@ -7,30 +7,41 @@ import typer
 from prism.cli.common import JsonOpt, emit_json, project_dir_for_plugins, stderr_console
 
 
+def plugin_rows() -> list[dict]:
+    """One row per plugin, what it registered included (the data behind `prism plugins`)."""
+    from prism.plugins import get_manager
+
+    manager = get_manager(project_dir_for_plugins())
+    return [{**info.to_dict(), "provides": manager.provided_by(info)} for info in manager.infos.values()]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("plugins")
     def plugins(json_: JsonOpt = False) -> None:
-        """List plugins (built-in, installed distributions, local plugins/*.py) and their errors."""
-        from prism.plugins import get_manager
+        """List plugins (built-in, installed distributions, local plugins/*.py), their hooks and errors.
 
-        manager = get_manager(project_dir_for_plugins())
-        rows = []
-        for info in manager.infos.values():
-            provided = {kind: [e.id for e in manager.registry(kind) if e.provider == info.provider]
-                        for kind in ("method", "backbone", "benchmark", "metric")}
-            rows.append({"name": info.name, "provider": info.provider, "hooks": info.hooks,
-                         "provides": {k: v for k, v in provided.items() if v}, "errors": info.errors,
-                         "ok": info.ok})
+        PRISM_LOAD_PLUGINS / PRISM_DISABLED_PLUGINS / [plugins] disable choose which load;
+        PRISM_TRACE_PLUGINS=1 traces every load and hook call on stderr.
+        """
+        rows = plugin_rows()
         if json_:
             emit_json(rows)
             return
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title="plugins", title_justify="left")
-        for column in ("name", "provider", "provides", "status"):
+        for column in ("name", "distribution", "version", "hooks", "provides", "status"):
             table.add_column(column)
         for row in rows:
             provides = "; ".join(f"{k}s: {', '.join(v)}" for k, v in row["provides"].items())
-            status = "[green]ok[/]" if row["ok"] else "[red]" + " | ".join(row["errors"]) + "[/]"
-            table.add_row(row["name"], row["provider"], provides, status)
+            hooks = ", ".join(h.removeprefix("register_") for h in row["hooks"])
+            if row["errors"]:
+                status = "[red]" + escape(" | ".join(row["errors"])) + "[/]"
+            elif row["disabled"]:
+                status = "[yellow]" + escape(row["disabled"]) + "[/]"
+            else:
+                status = "[green]ok[/]"
+            distribution = escape(row["distribution"] or row["provider"])
+            table.add_row(escape(row["name"]), distribution, row["version"] or "", hooks, escape(provides), status)
         stderr_console().print(table)

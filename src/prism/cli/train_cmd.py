@@ -7,13 +7,18 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
+from prism.cli.completion import complete_backbone, complete_benchmark, complete_method, complete_tasks
 
 TasksOpt = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Tasks to run, by index or "
-                     "name: '0-4', '0,2,3', 'colour,count'. Default: all tasks of the benchmark.")]
-MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="Method id (`prism methods list`).")]
-BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Backbone id (e.g. llava).")]
+                     "name: '0-4', '0,2,3', 'colour,count'. Default: all tasks of the benchmark.",
+                     autocompletion=complete_tasks)]
+MethodOpt = Annotated[Optional[str], typer.Option("--method", "-m", help="Method id (`prism methods list`).",
+                                                autocompletion=complete_method)]
+BackboneOpt = Annotated[Optional[str], typer.Option("--backbone", help="Backbone id (e.g. llava).",
+                                                  autocompletion=complete_backbone)]
 ModelOpt = Annotated[Optional[str], typer.Option("--model", help="Model path or hub id, or builtin:tiny-llava.")]
-BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Benchmark id (e.g. synthetic, ucit).")]
+BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", "-b", help="Benchmark id (e.g. synthetic, ucit).",
+                                                      autocompletion=complete_benchmark)]
 OutputOpt = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Folder for checkpoints, predictions and results.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for data order, adapter init and dropout.")]
 

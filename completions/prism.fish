@@ -1,0 +1,1 @@
+complete --command prism --no-files --arguments "(env _PRISM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) prism)" --condition "env _PRISM_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) prism"
