@@ -54,8 +54,13 @@ def build_method(plan: RunPlan) -> Method:
 
 def load_backbone(plan: RunPlan, device: Any = "cpu") -> Any:
     cfg = plan.config
+    backbone_cfg = cfg.backbone
+    model = Path(backbone_cfg.model).expanduser()
+    local = plan.resolved.project_dir / model
+    if not backbone_cfg.model.startswith("builtin:") and not model.is_absolute() and local.exists():
+        backbone_cfg = backbone_cfg.model_copy(update={"model": str(local)})  # relative to prism.toml
     backbone_cls = registry("backbone", plan.resolved.project_dir).load(cfg.backbone.id)
-    return backbone_cls().load(cfg.backbone, device=device)
+    return backbone_cls().load(backbone_cfg, device=device)
 
 
 def quiet_libraries() -> None:

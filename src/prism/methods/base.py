@@ -6,7 +6,7 @@ The engine runs, for each task t of the sequence::
     records = method.training_records(task, records)       # e.g. mix in a replay buffer
     for batch in batches(records):
         method.before_forward(batch, training=True)          # e.g. set per-sample routing
-        outputs = model(**batch.model_inputs)
+        outputs = model(**batch.model_inputs())
         loss = method.loss(task, batch, outputs)             # e.g. add a regulariser
         ...optimizer step on method.trainable_parameters()...
     method.end_task(task, fit)                               # e.g. Fisher, freezing, merging
