@@ -121,3 +121,16 @@ def test_file_name_wins_when_question_id_names_another_image():
     result = coco_caption(preds, gt=GT, options=NO_JAVA)
     assert result.details["id_file_name_conflicts"] == 1.0
     assert result.details["matched_by_file_name"] == 1.0
+
+
+def test_cider_max_clips_cider_only():
+    gt = {"images": [{"id": i, "file_name": f"{i}.png"} for i in range(4)],
+          "annotations": [{"image_id": i, "caption": c} for i, c in
+                          enumerate(["red circle left", "blue square right", "green cross", "yellow triangle"])]}
+    preds = [{"question_id": i, "text": a["caption"], "metadata": {}} for i, a in enumerate(gt["annotations"])]
+    plain = coco_caption(preds, gt=gt, options={"java": False})
+    clipped = coco_caption(preds, gt=gt, options={"java": False, "cider_max": 1.0})
+    assert plain.details["CIDEr"] > 100.0  # exact captions: CIDEr-D far above 1
+    assert clipped.details["CIDEr"] == 100.0 and clipped.details["CIDEr_unclipped"] == plain.details["CIDEr"]
+    assert clipped.details["BLEU_1"] == plain.details["BLEU_1"]
+    assert clipped.score <= 100.0 < plain.score

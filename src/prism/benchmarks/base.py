@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from prism.config.schema import BenchmarkConfig
@@ -21,6 +21,7 @@ class TaskSpec:
     max_new_tokens: int = 16
     image_root: str = "."  # images are resolved under root/image_root
     gt_file: str | None = None  # COCO-format caption ground truth, for caption metrics
+    metric_options: tuple[tuple[str, Any], ...] = ()  # passed to the metric as options=dict(...)
 
 
 class Benchmark:

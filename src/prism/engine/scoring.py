@@ -14,4 +14,4 @@ def score_task(spec: TaskSpec, root: Path, predictions: list[dict], project_dir:
 
     metric = registry("metric", project_dir).load(spec.metric)
     gt = load_coco_gt(root / spec.gt_file) if spec.gt_file else None
-    return metric(predictions, gt=gt)
+    return metric(predictions, gt=gt, options=dict(spec.metric_options) or None)

@@ -191,7 +191,9 @@ def coco_caption(predictions: Sequence[dict[str, Any]], *, gt: dict | str | os.P
     matches nothing, or two predictions for one image, is a ``DataError``. Gt
     images without a prediction are counted in ``details["missing_predictions"]``
     and not scored (as COCOEvalCap scores the images that have results).
-    ``options={"java": False}`` forces the Java-free path.
+    ``options={"java": False}`` forces the Java-free path. ``options={"cider_max": c}``
+    clips CIDEr-D at ``c`` before averaging (off by default: the published protocol
+    does not clip; the synthetic benchmark does, to keep cells percentages).
     """
     _require_pycocoevalcap()
     predictions = list(predictions)
@@ -241,6 +243,12 @@ def coco_caption(predictions: Sequence[dict[str, Any]], *, gt: dict | str | os.P
     gts_tok, res_tok, used_ptb = _tokenize(gts_raw, res_raw, use_java, unavailable)
     corpus, per_image = _score_all(gts_tok, res_tok, use_java, unavailable)
 
+    cider_max = (options or {}).get("cider_max")
+    if cider_max is not None and "CIDEr" in corpus:
+        details["CIDEr_unclipped"] = 100.0 * corpus["CIDEr"]
+        details["CIDEr_clipped_at"] = 100.0 * float(cider_max)
+        corpus["CIDEr"] = min(corpus["CIDEr"], float(cider_max))
+        per_image["CIDEr"] = [min(v, float(cider_max)) for v in per_image["CIDEr"]]
     for name in SUB_METRICS:
         if name in corpus:
             details[name] = 100.0 * corpus[name]
