@@ -53,7 +53,10 @@ def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> d
     environment = {}
     run_file = results / "run.json"
     if run_file.is_file():
-        environment = json.loads(run_file.read_text(encoding="utf-8")).get("environment", {})
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        environment = dict(run.get("environment", {}))
+        environment["global_batch_size"] = run.get("global_batch_size")
+        environment["fingerprint"] = run.get("fingerprint")
     report = write_report(results / "report.md", config=resolved.to_dict(), environment=environment,
                           matrix=matrix, summary=summary, images={"heatmap": heatmap, "curves": curves})
     return {"heatmap": heatmap, "curves": curves, "report": report}
