@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -66,3 +67,11 @@ def synthetic_data(tmp_path_factory) -> Path:
                              max_test_samples=None, sub_dataset=False)
     SyntheticBenchmark(config, root).prepare()
     return root
+
+
+@pytest.fixture
+def project(tmp_path, synthetic_data) -> Path:
+    shutil.copy(REPO / "prism.toml", tmp_path / "prism.toml")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "synthetic").symlink_to(synthetic_data, target_is_directory=True)
+    return tmp_path

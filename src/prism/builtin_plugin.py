@@ -12,6 +12,12 @@ def register_methods(register):
              "the base model with no training: the lower reference")
     register("ft_lora", "prism.methods.ft_lora:FineTuneLoRA",
              "one LoRA trained on each task in turn, nothing against forgetting")
+    register("ewc", "prism.methods.ewc:EWC", "one LoRA + diagonal-Fisher penalty pulling weights toward earlier tasks' optima")
+    register("olora", "prism.methods.olora:OLoRA", "a new LoRA slot per task, orthogonal to earlier slots; all slots summed at inference")
+    register("joint", "prism.methods.joint:Joint",
+             "one LoRA trained on the union of all tasks' data: the multi-task upper bound")
+    register("replay_lora", "prism.methods.replay_lora:ReplayLoRA",
+             "one LoRA; each task's data mixed with a buffer of earlier tasks' samples")
 
 
 @hookimpl

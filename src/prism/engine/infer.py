@@ -43,5 +43,5 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
     for position in positions:
         restore_checkpoint(method, layout.checkpoint(plan.indices[position]))
         evaluate_row(plan, backbone, method, root, position, matrix, reporter)
-    summary = _write_summary(layout, matrix)
+    summary = _write_summary(layout, matrix, joint=bool(method.joint))
     return layout, matrix, summary

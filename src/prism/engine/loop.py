@@ -91,12 +91,13 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     fingerprint = run_fingerprint(resolved)
     store.recover_interrupted(layout.checkpoints_dir)
 
-    prefix = 0 if restart else _finished_prefix(plan, fingerprint)
+    method = build_method(plan)
+    joint = bool(method.joint)
+    prefix = 0 if restart else _finished_prefix(plan, fingerprint, joint=joint)
     if restart:
         _clear_run(layout)
     root = plan.benchmark.prepare()
     backbone = load_backbone(plan)
-    method = build_method(plan)
     method.attach(backbone)
 
     layout.results_dir.mkdir(parents=True, exist_ok=True)
@@ -120,7 +121,10 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             evaluate_row(plan, backbone, method, root, prefix - 1, matrix, reporter)
 
     accelerator = _accelerator(cfg)
-    for position in range(prefix, len(plan.sequence)):
+    last = len(plan.sequence) - 1
+    # joint (the multi-task upper bound) trains once, on every task's data, as the last step
+    positions = ([last] if prefix <= last else []) if joint else range(prefix, len(plan.sequence))
+    for position in positions:
         spec = plan.sequence[position]
         task = TaskContext(index=position, spec=spec, sequence=plan.sequence, benchmark=cfg.benchmark.id)
         method.begin_task(task)
@@ -129,7 +133,8 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             from prism.benchmarks.data import TaskDataset
             from prism.engine.fit import TaskFitter, total_steps
 
-            records = _training_records(plan, root, position, reporter)
+            sources = range(len(plan.sequence)) if joint else [position]
+            records = [r for p in sources for r in _training_records(plan, root, p, reporter)]
             records = method.training_records(task, records)
             dataset = TaskDataset(records, backbone=backbone, root=root,
                                   specs={t.name: t for t in plan.all_tasks})
@@ -146,7 +151,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
         if cfg.train.eval_after_each_task:
             evaluate_row(plan, backbone, method, root, position, matrix, reporter)
 
-    outcome.summary = _write_summary(layout, matrix)
+    outcome.summary = _write_summary(layout, matrix, joint=joint)
     return outcome
 
 
@@ -201,13 +206,19 @@ def _training_records(plan: RunPlan, root: Path, position: int, reporter: Report
     return records
 
 
-def _finished_prefix(plan: RunPlan, fingerprint: str) -> int:
-    """How many leading tasks have complete checkpoints made by this same config."""
+def _finished_prefix(plan: RunPlan, fingerprint: str, *, joint: bool = False) -> int:
+    """How many leading tasks have complete checkpoints made by this same config.
+
+    A joint run has one checkpoint, after the last task: it is all or nothing.
+    """
     names = [t.name for t in plan.sequence]
-    for position, index in enumerate(plan.indices):
+    checks = list(enumerate(plan.indices))
+    if joint:
+        checks = checks[-1:]
+    for position, index in checks:
         folder = plan.layout.checkpoint(index)
         if not store.checkpoint_complete(folder):
-            return position
+            return 0 if joint else position
         info = store.read_checkpoint_info(folder)
         if info.config_hash != fingerprint:
             raise UsageError(
@@ -349,10 +360,21 @@ def _load_or_new_matrix(layout: RunLayout, plan: RunPlan) -> Any:
     return AccuracyMatrix(names)
 
 
-def _write_summary(layout: RunLayout, matrix: Any) -> dict[str, Any]:
-    from prism.evaluation.cl_metrics import cl_summary
-
+def summarize(matrix: Any, *, joint: bool = False) -> dict[str, Any]:
+    """CL metrics of the matrix; a joint run has only its final row, so only Last is defined."""
     summary = matrix.summary()
+    if joint:
+        final = matrix.row(matrix.n_tasks - 1)
+        if final and all(v is not None for v in final):
+            summary.update(last=sum(final) / len(final), mfn=sum(final) / len(final), rows_present=1,
+                           complete=True)
+        summary["note"] = ("joint training (multi-task upper bound): one model trained on every task, "
+                           "evaluated once; only Last/MFN is defined")
+    return summary
+
+
+def _write_summary(layout: RunLayout, matrix: Any, *, joint: bool = False) -> dict[str, Any]:
+    summary = summarize(matrix, joint=joint)
     _write_json(layout.results_dir / CL_METRICS_FILE, summary)
     return summary
 

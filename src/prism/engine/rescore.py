@@ -14,7 +14,6 @@ from prism.errors import PrismError
 
 def rescore(resolved: Any) -> tuple[Any, Any, dict]:
     from prism.checkpoint.store import write_json_atomic
-    from prism.evaluation.cl_metrics import cl_summary
     from prism.evaluation.matrix import AccuracyMatrix
     from prism.evaluation.metrics import load_predictions
 
@@ -35,7 +34,9 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
     if not found:
         raise PrismError(f"no prediction files under {layout.predictions_dir}",
                          hint="run `prism train` (or `prism infer` on saved checkpoints) first")
-    summary = matrix.summary()
+    from prism.engine.loop import summarize
+
+    summary = summarize(matrix, joint=bool(getattr(resolved.method_class, "joint", False)))
     layout.results_dir.mkdir(parents=True, exist_ok=True)
     matrix.save(layout.results_dir / MATRIX_FILE)
     write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)
