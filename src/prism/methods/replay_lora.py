@@ -14,22 +14,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from prism.methods.base import FitHandle, LoRAParams, Method, RunInfo, TaskContext
-
-SLOT = "default"  # one peft adapter, as ft_lora: the checkpoint is a stock peft LoRA
+from prism.methods.base import FitHandle, RunInfo, TaskContext
+from prism.methods.ft_lora import FineTuneLoRA, FineTuneLoRAParams
 PRISM_KEEP_PROBABILITY = 0.7
 
 
-class ReplayLoRAParams(LoRAParams):
+class ReplayLoRAParams(FineTuneLoRAParams):
     """Published settings: PRISM stores 180 samples in total, split evenly over the T-1
     earlier-task slots, each row kept with probability 0.7 until its slot is full, and
     concatenates the buffer to the next task's data. LoRA defaults are ft_lora's."""
 
-    r: int = Field(16, ge=1, description="LoRA rank (PRISM: 48 UCIT, 64 CoIN, 80 TriGap; MCITlib: 16)")
-    alpha: float = Field(32.0, gt=0, description="LoRA alpha; update scaled by alpha/r (PRISM: 2r)")
-    target_modules: str = Field(
-        "attn", description="preset (attn, attn_and_ffn, ffn, all_linear) or regex over module paths"
-    )
     capacity: int = Field(180, ge=0, description="total samples the buffer stores (PRISM: 180)")
     split: Literal["even"] = Field(
         "even",
@@ -53,7 +47,9 @@ class ReplayLoRAParams(LoRAParams):
     )
 
 
-class ReplayLoRA(Method):
+class ReplayLoRA(FineTuneLoRA):
+    """ft_lora's single adapter (a stock peft LoRA on disk) plus the replay buffer."""
+
     id = "replay_lora"
     summary = "one LoRA; each task's data mixed with a buffer of earlier tasks' samples"
     Params = ReplayLoRAParams
@@ -65,23 +61,7 @@ class ReplayLoRA(Method):
         self.buffer: dict[str, list[dict]] = {}
         self._current: list[dict] = []
 
-    # -- set-up / training ----------------------------------------------------------
-    def attach(self, backbone) -> None:
-        from prism.adapters import inject_adapters
-
-        super().attach(backbone)
-        params = self.params
-        self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
-        self.adapters.add_slot(SLOT, r=params.r, alpha=params.alpha, dropout=params.dropout,
-                               seed=self.run.seed)
-        self.adapters.set_trainable([SLOT])
-        self.adapters.activate([SLOT])
-
-    def begin_task(self, task: TaskContext) -> None:
-        if self.adapters is not None:
-            self.adapters.set_trainable([SLOT])
-            self.adapters.activate([SLOT])
-
+    # -- the buffer ------------------------------------------------------------------
     @property
     def slot_size(self) -> int:
         """Samples kept per finished task: capacity split evenly over the T-1 replayed tasks."""
