@@ -55,7 +55,7 @@ class TaskFitter(FitHandle):
     """Trains the model on one task's encoded data; also the FitHandle methods see."""
 
     def __init__(self, *, model: Any, method: Method, dataset: Any, train_cfg: Any, seed: int,
-                 accelerator: Any, log_path: Path | None = None):
+                 accelerator: Any, log_path: Path | None = None, tasks_in_step: int = 1):
         self.model = model
         self.method = method
         self.dataset = dataset
@@ -64,6 +64,8 @@ class TaskFitter(FitHandle):
         self.accelerator = accelerator
         self.device = accelerator.device
         self.log_path = log_path
+        #: a joint run fits every task at once: [train] max_steps is per task, so it gets them all
+        self.tasks_in_step = tasks_in_step
 
     # -- FitHandle -------------------------------------------------------------
     def batches(self, limit: int | None = None, batch_size: int | None = None) -> Iterator[Batch]:
@@ -78,11 +80,16 @@ class TaskFitter(FitHandle):
         self.method.before_forward(batch, training=True)
         return self.model(**batch.model_inputs())
 
+    def steps(self) -> int:
+        cfg = self.cfg
+        max_steps = None if cfg.max_steps is None else cfg.max_steps * self.tasks_in_step
+        return total_steps(len(self.dataset), cfg.global_batch_size, cfg.epochs, max_steps)
+
     # -- training --------------------------------------------------------------
     def fit(self, task: TaskContext, on_step: Callable[[int, int, float], None] | None = None) -> FitResult:
         cfg = self.cfg
         micro, accumulation = batch_geometry(cfg.global_batch_size, cfg.micro_batch_size)
-        steps = total_steps(len(self.dataset), cfg.global_batch_size, cfg.epochs, cfg.max_steps)
+        steps = self.steps()
         params = [p for p in self.method.trainable_parameters() if p.requires_grad]
         if not params:
             raise ConfigError(

@@ -131,7 +131,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
         fitter = None
         if method.trains:
             from prism.benchmarks.data import TaskDataset
-            from prism.engine.fit import TaskFitter, total_steps
+            from prism.engine.fit import TaskFitter
 
             sources = range(len(plan.sequence)) if joint else [position]
             records = [r for p in sources for r in _training_records(plan, root, p, reporter)]
@@ -140,8 +140,9 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
                                   specs={t.name: t for t in plan.all_tasks})
             fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train,
                                 seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
-                                log_path=layout.results_dir / "train_log.jsonl")
-            steps = total_steps(len(dataset), cfg.train.global_batch_size, cfg.train.epochs, cfg.train.max_steps)
+                                log_path=layout.results_dir / "train_log.jsonl",
+                                tasks_in_step=len(sources))
+            steps = fitter.steps()
             reporter.task_started(position, len(plan.sequence), spec.name, steps)
             result = fitter.fit(task, on_step=reporter.step)
             reporter.task_finished(spec.name, result)

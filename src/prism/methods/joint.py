@@ -2,7 +2,9 @@
 
 The engine sees ``joint = True`` and, instead of learning the tasks in turn,
 trains a single step on all of them and evaluates every task once: the matrix
-has only its final row, and only Last/MFN is defined.
+has only its final row, and only Last/MFN is defined. With ``[train] max_steps``
+(a per-task budget) the joint step gets the whole sequence's budget, T x max_steps,
+so it sees as many samples as a sequential run.
 """
 
 from __future__ import annotations
