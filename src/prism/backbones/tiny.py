@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prism.backbones.llava import quiet_transformers
+from prism.atomic import replace_folder
 from prism.backbones.template import get_template
 from prism.benchmarks import synthetic as syn
 
@@ -287,11 +288,7 @@ def build_base(out_dir: Path | str, steps: int = 3000, seed: int = 0, *, batch_s
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for file in tmp.iterdir():  # save_pretrained may create 0600 files; a shipped asset must be readable
             file.chmod(0o644)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            shutil.rmtree(old, ignore_errors=True)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
+from prism.atomic import replace_folder
 from prism.benchmarks.base import Benchmark, TaskSpec
 from prism.errors import DataError
 
@@ -328,11 +329,7 @@ class SyntheticBenchmark(Benchmark):
             generate(tmp, self.seed, self.train_size, self.test_size)
             if self.is_prepared():  # another process finished first
                 return root
-            if root.exists():
-                old = root.parent / f".{root.name}.old-{os.getpid()}"
-                root.rename(old)
-                shutil.rmtree(old, ignore_errors=True)
-            tmp.rename(root)
+            replace_folder(tmp, root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return root

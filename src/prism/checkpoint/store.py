@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from prism.atomic import replace_folder
 from prism.errors import CheckpointError
 
 MANIFEST = "manifest.json"
@@ -77,14 +78,8 @@ def write_checkpoint(final: Path, fill: Callable[[Path], None]) -> Path:
                 files[str(path.relative_to(tmp))] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
         write_json_atomic(tmp / MANIFEST, {"format": "prism-checkpoint/1", "files": files})
         _fsync_dir(tmp)
-        old = None
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
-            os.rename(final, old)
-        os.rename(tmp, final)
+        replace_folder(tmp, final)
         _fsync_dir(final.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
