@@ -24,6 +24,8 @@ def register_methods(register):
 def register_backbones(register):
     register("llava", "prism.backbones.llava:LlavaBackbone",
              "LLaVA-1.5 (transformers LlavaForConditionalGeneration, llava-hf format)")
+    register("internvl", "prism.backbones.internvl:InternVLBackbone",
+             "InternVL-Chat 1.0 (LLaVA-1.5 with an InternViT-6B tower; llava-hf or original format)")
 
 
 @hookimpl

@@ -26,6 +26,8 @@ sys.stderr.write("HEAVY=" + ",".join(heavy) + "\n")
     (["methods", "list", "--json"], {}),
     (["plugins"], {}),
     (["train", "--help"], {}),
+    (["backbones", "list"], {}),
+    (["backbones", "show", "--help"], {}),
     ([], {"_PRISM_COMPLETE": "complete_bash", "COMP_WORDS": "prism tr", "COMP_CWORD": "1"}),
 ])
 def test_no_heavy_imports(args, env, tmp_path):

@@ -86,4 +86,4 @@ def test_method_table_documented():
     assert any(re.match(r"^id = ", line) for line in tables["method"])
     assert list(MethodConfig.model_fields) == ["id"]
     assert set(tables) == {"", "project", "backbone", "benchmark", "method", "method.ft_lora", "train",
-                           "infer", "plugins"}
+                           "infer", "distributed", "plugins"}

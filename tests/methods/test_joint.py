@@ -27,7 +27,7 @@ def test_joint_trains_once_on_every_task(project, monkeypatch):
     assert outcome.summary["bwt"] is None and "joint" in outcome.summary["note"]
     import json
 
-    log = [json.loads(line) for line in (outcome.layout.results_dir / "train_log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (outcome.layout.results_dir / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["steps"] == 3 * 6  # the whole sequence's budget: 3 tasks x max_steps 6
     ckpts = sorted(p.name for p in outcome.layout.checkpoints_dir.iterdir())
     assert ckpts == ["Task2_llava"]

@@ -46,9 +46,18 @@ class LoadedBackbone:
 
 
 class Backbone:
-    """A registered backbone family; ``load`` builds a LoadedBackbone from the config."""
+    """A registered backbone family; ``load`` builds a LoadedBackbone from the config.
+
+    ``load`` reads ``config.train_precision`` for how to load the weights (the
+    engine sets it to ``[infer] precision`` when it loads for ``prism infer``; see
+    ``prism.backbones.precision``). A backbone that carries a full CLIP model
+    (vision + text towers) may name its folder in ``LoadedBackbone.extra["clip_folder"]``:
+    routing methods then use it when ``[backbone] routing_tower`` is not set.
+    """
 
     id: ClassVar[str] = ""
+    #: What ``[backbone] model`` may name, one line each (``prism backbones show ID`` prints them).
+    formats: ClassVar[tuple[str, ...]] = ()
 
     def load(self, config: "BackboneConfig", *, device: Any = "cpu") -> LoadedBackbone:
         raise NotImplementedError

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prism.backbones.base import Backbone, LoadedBackbone
+from prism.backbones.precision import in_memory_precision, load_kwargs
 from prism.backbones.template import get_template
 from prism.errors import ConfigError
 
@@ -113,6 +114,15 @@ def _has_class_token(vision_config: Any) -> bool:
     return "siglip" not in str(getattr(vision_config, "model_type", ""))
 
 
+def _patch_grid(vision_config: Any) -> tuple[int, int]:
+    """The patch grid as (rows, columns); InternVLVisionConfig keeps sizes as (height, width) pairs."""
+    def pair(value: Any) -> tuple[int, int]:
+        return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+    (height, width), (patch_h, patch_w) = pair(vision_config.image_size), pair(vision_config.patch_size)
+    return height // patch_h, width // patch_w
+
+
 def _processed_size(image_processor: Any) -> tuple[int, int] | None:
     size = image_processor.crop_size if getattr(image_processor, "do_center_crop", False) else image_processor.size
     if not size:
@@ -134,7 +144,8 @@ def image_token_count(model_config: Any, processor: Any | None, where: str = "th
     """
     vision = model_config.vision_config
     strategy = model_config.vision_feature_select_strategy
-    grid = (vision.image_size // vision.patch_size) ** 2
+    rows, cols = _patch_grid(vision)
+    grid = rows * cols
     from_vision = grid + int(_has_class_token(vision)) - int(strategy == "default")
     seq = getattr(model_config, "image_seq_length", None)
     parts = [f"vision config (image_size={vision.image_size}, patch_size={vision.patch_size}) "
@@ -179,34 +190,59 @@ def _tiny_metadata(folder: Path) -> dict[str, Any] | None:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
 
 
+def _model_config(config: Any, folder: Path) -> Any:
+    """``AutoConfig`` of a llava-hf folder; an unreadable or unknown config is a ConfigError."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"[backbone] model = {config.model!r}: cannot read {folder / 'config.json'} "
+                          f"({reason})") from None
+
+
 class LlavaBackbone(Backbone):
     """LLaVA-1.5 in llava-hf format (``LlavaForConditionalGeneration``), tiny variants included."""
 
     id = "llava"
+    formats = (
+        "llava-hf folder: LlavaForConditionalGeneration weights, config.json (model_type \"llava\"), "
+        "tokenizer and processor",
+        "original LLaVA-1.5 release folder (LlavaLlamaForCausalLM with mm_projector; the vision tower from "
+        "the folder named by mm_vision_tower), converted on load or by `prism ckpt convert`",
+        "hub id (owner/name) of either, from the local cache or downloaded",
+        "builtin:<name>: a tiny model shipped with prism, for CPU demos and tests",
+    )
 
-    def load(self, config: Any, *, device: Any = "cpu") -> LoadedBackbone:
+    def load(self, config: Any, *, device: Any = "cpu", precision: str | None = None) -> LoadedBackbone:
         import torch
-        from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
         from transformers import LlavaForConditionalGeneration
+
+        from prism.backbones.llava_original import convert_if_original
 
         folder = resolve_model_path(config.model)
         attn = attn_implementation(getattr(config, "attn", "auto"), device)
-        model_config = AutoConfig.from_pretrained(folder)
+        original = convert_if_original(config, folder, attn)  # the original LLaVA-1.5 release format
+        model_config = original.model.config if original else _model_config(config, folder)
         if getattr(model_config, "model_type", None) != "llava":
             raise ConfigError(f"[backbone] model = {config.model!r}: {folder} holds a "
                               f"{getattr(model_config, 'model_type', '?')!r} model, not a llava-hf one")
         with quiet_transformers():
             try:
-                processor = AutoProcessor.from_pretrained(folder)
+                processor = original.processor if original else AutoProcessor.from_pretrained(folder)
                 tokenizer, image_processor = processor.tokenizer, processor.image_processor
             except (OSError, ValueError, TypeError, AttributeError):
                 processor = None
                 tokenizer = AutoTokenizer.from_pretrained(folder)
                 image_processor = AutoImageProcessor.from_pretrained(folder)
             num_image_tokens = image_token_count(model_config, processor, where=str(folder))
-            # fp32 weights: CPU runs fp32, and accelerate's mixed precision wants fp32 masters.
-            model = LlavaForConditionalGeneration.from_pretrained(
-                folder, attn_implementation=attn, dtype=torch.float32)
+            # precision None: [backbone] train_precision (prism.backbones.precision explains the modes)
+            mode = precision or getattr(config, "train_precision", "fp32")
+            model = in_memory_precision(original.model, mode, config.model) if original else \
+                LlavaForConditionalGeneration.from_pretrained(folder, attn_implementation=attn,
+                                                              **load_kwargs(mode, device))
         meta = _tiny_metadata(folder)
         if meta and meta.get("vocabulary_sha256") not in (None, _vocabulary_sha256(tokenizer)):
             raise ConfigError(f"{folder}: the tokenizer's vocabulary does not match the one the model "
@@ -229,5 +265,6 @@ class LlavaBackbone(Backbone):
             template=get_template("tiny" if meta is not None else "vicuna_v1"),
             num_image_tokens=num_image_tokens,
             image_token=image_token,
-            extra={"processor": processor, "attn_implementation": attn, "prism_tiny": meta},
+            extra={"processor": processor, "attn_implementation": attn, "prism_tiny": meta,
+                   "original_llava": original.info if original else None},
         )

@@ -397,12 +397,16 @@ class TaskDataset:
             order = torch.randperm(n, generator=_as_generator(generator)).tolist()
         else:
             order = list(range(n))
-        side = padding_side or ("left" if self.prompts else "right")
         for start in range(0, n, batch_size):
             chunk = order[start:start + batch_size]
             if drop_last and len(chunk) < batch_size:
                 return
-            yield collate([self.samples[i] for i in chunk], self.pad_token_id, side)
+            yield self.batch(chunk, padding_side=padding_side)
+
+    def batch(self, indices: Sequence[int], padding_side: str | None = None) -> Batch:
+        """The samples at ``indices`` collated into one batch."""
+        side = padding_side or ("left" if self.prompts else "right")
+        return collate([self.samples[i] for i in indices], self.pad_token_id, side)
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -39,6 +39,10 @@ class RunLayout:
     def checkpoint(self, task_index: int) -> Path:
         return self.checkpoints_dir / self.checkpoint_name(task_index)
 
+    def step_checkpoint(self, task_index: int) -> Path:
+        """The latest step checkpoint of a task still being learned (removed when the task ends)."""
+        return self.checkpoints_dir / "steps" / self.checkpoint_name(task_index)
+
     def predictions(self, task_index: int) -> Path:
         """Prediction files of every task evaluated after learning ``task_index``."""
         return self.predictions_dir / self.checkpoint_name(task_index)

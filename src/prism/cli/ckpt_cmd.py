@@ -1,4 +1,5 @@
-"""`prism ckpt list|inspect`: what checkpoints exist and what one holds, verified."""
+"""`prism ckpt list|inspect|convert`: what checkpoints exist, what one holds (verified), and
+converting an original LLaVA-1.5 release to the llava-hf format."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def _output_dir(config, set_) -> "tuple":
 
 
 def register(app: typer.Typer) -> None:
-    ckpt = typer.Typer(help="Checkpoints: list them, inspect and verify one.", no_args_is_help=True)
+    ckpt = typer.Typer(help="Checkpoints: list them, inspect and verify one, convert original LLaVA-1.5 "
+                       "weights.", no_args_is_help=True)
     app.add_typer(ckpt, name="ckpt")
 
     @ckpt.command("list")
@@ -73,6 +75,31 @@ def register(app: typer.Typer) -> None:
             _print_report(report)
         if report.get("problems"):
             raise CheckpointError(f"{folder} does not verify: " + "; ".join(report["problems"]))
+
+    @ckpt.command("convert")
+    def convert(
+        src: Annotated[str, typer.Argument(metavar="SRC", help="Original LLaVA-1.5 folder "
+                                           "(LlavaLlamaForCausalLM, mm_projector, tokenizer.model).",
+                                           show_default=False)],
+        dst: Annotated[str, typer.Argument(metavar="DST", help="Output folder for the llava-hf model.",
+                                           show_default=False)],
+        vision_tower: Annotated[Optional[str], typer.Option(
+            "--vision-tower", help="CLIP tower folder or cached hub id; overrides the checkpoint's "
+            "mm_vision_tower.", show_default=False)] = None,
+        dtype: Annotated[str, typer.Option("--dtype", help="Weight dtype to write: auto (the checkpoint's "
+                                           "own), float16, bfloat16 or float32.")] = "auto",
+        force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        """Write an original LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b format) as a llava-hf folder."""
+        from prism.backbones.llava_original import convert_checkpoint
+
+        record = convert_checkpoint(src, dst, vision_tower=vision_tower, dtype=dtype, force=force)
+        if json_:
+            emit_json(record)
+        else:
+            stderr_console().print(f"wrote {record['output']} (llava-hf, {record['dtype']}, vision tower "
+                                   f"{record['vision_tower']})", highlight=False)
 
 
 def _print_report(report: dict) -> None:

@@ -167,6 +167,17 @@ def complete_metric(ctx: typer.Context, incomplete: str) -> Candidates:
     return _guard(lambda: registry_candidates("metric", ctx), incomplete)
 
 
+def complete_precision(ctx: typer.Context, incomplete: str) -> Candidates:
+    """The precision modes, with what each means (a constant table: nothing heavy is imported)."""
+    from prism.backbones.precision import DESCRIPTIONS, INFER_PRECISIONS
+
+    def produce() -> Candidates:
+        modes = INFER_PRECISIONS if getattr(ctx, "info_name", None) == "infer" else DESCRIPTIONS  # "auto": infer only
+        return [(mode, DESCRIPTIONS.get(mode, "as [backbone] train_precision")) for mode in modes]
+
+    return _guard(produce, incomplete)
+
+
 # -- task names ------------------------------------------------------------------------------
 def task_names(config: Settings) -> list[str]:
     """The configured benchmark's task names, importing as little as possible.

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
-from prism.cli.completion import complete_checkpoint
+from prism.cli.completion import complete_checkpoint, complete_precision
 from prism.cli.train_cmd import BackboneOpt, BenchmarkOpt, MethodOpt, ModelOpt, OutputOpt, TasksOpt, run_flags
 
 
@@ -18,7 +18,13 @@ def register(app: typer.Typer) -> None:
                         "(e.g. Task2_llava); default: every complete checkpoint of the run.",
                         autocompletion=complete_checkpoint)] = None,
         tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
-        benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+        benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None,
+        precision: Annotated[Optional[str], typer.Option(
+            "--precision", help="How to load the model (\\[infer] precision): auto (as trained), fp32, bf16, "
+            "fp16, 8bit or 4bit.", autocompletion=complete_precision, show_default=False)] = None,
+        load_8bit: Annotated[bool, typer.Option("--load-8bit", help="Same as --precision 8bit (bitsandbytes).")] = False,
+        load_4bit: Annotated[bool, typer.Option("--load-4bit", help="Same as --precision 4bit (bitsandbytes NF4).")] = False,
+        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
     ) -> None:
         """Load the base model once, swap in each checkpoint's adapters, and predict every task it has seen."""
         from prism.cli.progress import RichReporter
@@ -26,8 +32,9 @@ def register(app: typer.Typer) -> None:
         from prism.config import load_config
         from prism.engine.infer import infer as run_infer
 
-        resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method, backbone, model, benchmark,
-                                                                          output_dir, None))
+        flags = run_flags(tasks, method, backbone, model, benchmark, output_dir, None)
+        flags["infer.precision"] = precision_flag(precision, load_8bit, load_4bit)
+        resolved = load_config(config, sets=set_ or [], flags=flags)
         console = stderr_console()
         reporter = RichReporter(console)
         try:
@@ -37,3 +44,14 @@ def register(app: typer.Typer) -> None:
         print_matrix(console, matrix, summary, title=f"{layout.method} on {layout.benchmark}")
         if json_:
             emit_json(result_json(layout, matrix, summary))
+
+
+def precision_flag(precision: str | None, load_8bit: bool, load_4bit: bool) -> str | None:
+    """The one precision the flags ask for (None: none given); two different ones are a usage error."""
+    from prism.errors import UsageError
+
+    given = {name: mode for name, mode in (("--precision", precision), ("--load-8bit", "8bit" if load_8bit else None),
+                                           ("--load-4bit", "4bit" if load_4bit else None)) if mode is not None}
+    if len(set(given.values())) > 1:
+        raise UsageError(f"{' and '.join(given)} ask for different precisions; give one")
+    return next(iter(given.values()), None)

@@ -1,4 +1,5 @@
-"""`prism benchmarks|backbones|metrics list`: what is registered, by whom (no torch import).
+"""`prism benchmarks|backbones|metrics list`: what is registered, by whom (no torch import);
+`prism backbones show ID`: what a backbone loads and what this machine can run with it.
 
 Methods have their own group (`prism methods list|show`) because they also
 have hyper-parameters to show.
@@ -6,7 +7,11 @@ have hyper-parameters to show.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from prism.cli.completion import complete_backbone
 
 from prism.cli.common import JsonOpt, emit_json, project_dir_for_plugins, stderr_console
 
@@ -44,7 +49,61 @@ def _group(kind: str) -> typer.Typer:
     def list_(json_: JsonOpt = False) -> None:
         list_entries(kind, json_)
 
+    if kind == "backbone":
+        @group.command("show")
+        def show(backbone_id: Annotated[str, typer.Argument(help="Backbone id, e.g. llava.",
+                                                            autocompletion=complete_backbone)],
+                 json_: JsonOpt = False) -> None:
+            """What a backbone loads and accepts, its target-module presets, and the precisions and
+            attention implementations this machine can use."""
+            from prism.backbones.describe import describe_backbone  # imports torch: only here
+
+            info = describe_backbone(backbone_id, project_dir_for_plugins())
+            if json_:
+                emit_json(info)
+            else:
+                print_backbone(info)
+
     return group
+
+
+def print_backbone(info: dict) -> None:
+    """``prism backbones show`` as text on stderr."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = stderr_console()
+    console.print(f"[bold]{escape(info['id'])}[/] — {escape(info['summary'])}  "
+                  f"[dim]({escape(info['provider'])}, {escape(info['class'])})[/]")
+    console.print(f"loads: {escape(info['loads'])}", highlight=False)
+    if info["formats"]:
+        console.print("[bold]" + escape("[backbone] model") + " accepts[/]")
+        for line in info["formats"]:
+            console.print(f"  - {escape(line)}", highlight=False)
+    if info["builtin_models"]:
+        shipped = ", ".join(f"{m['model']} ({m['vision_tower']} tower)" for m in info["builtin_models"])
+        console.print(f"builtin LLaVA-class models: {escape(shipped)}", highlight=False)
+    presets = Table(title=escape("target-module presets ([method.<id>] target_modules; or give a regex)"),
+                    title_justify="left")
+    presets.add_column("preset")
+    presets.add_column("regex (re.fullmatch over module paths)", overflow="fold")  # copied by users: never cut
+    for name, regex in info["target_presets"].items():
+        presets.add_row(escape(name), escape(regex))
+    console.print(presets)
+    for title, columns, rows in (
+        (f"precisions on {info['device']} ([backbone] train_precision, [infer] precision)",
+         ("precision", "usable", "what it is / why not"),
+         {m: (v["reason"], v["what"]) for m, v in info["precisions"].items()}),
+        (f"attention on {info['device']} ([backbone] attn; auto = {info['attention_auto']})",
+         ("attn", "usable", "why not"), {m: (v["reason"], "") for m, v in info["attention"].items()}),
+    ):
+        table = Table(title=escape(title), title_justify="left")
+        for column in columns:
+            table.add_column(column)
+        for name, (reason, what) in rows.items():
+            table.add_row(escape(name), "yes" if reason is None else "[red]no[/]", escape(reason or what))
+        console.print(table)
+    console.print(f"routing features: {escape(info['routing_tower'])}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

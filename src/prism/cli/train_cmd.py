@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
-from prism.cli.completion import complete_backbone, complete_benchmark, complete_method, complete_tasks
+from prism.cli.completion import (complete_backbone, complete_benchmark, complete_method, complete_precision,
+                                  complete_tasks)
 
 TasksOpt = Annotated[Optional[str], typer.Option("--tasks", "-t", help="Tasks to run, by index or "
                      "name: '0-4', '0,2,3', 'colour,count'. Default: all tasks of the benchmark.",
@@ -21,6 +22,10 @@ BenchmarkOpt = Annotated[Optional[str], typer.Option("--benchmark", "-b", help="
                                                       autocompletion=complete_benchmark)]
 OutputOpt = Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Folder for checkpoints, predictions and results.")]
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for data order, adapter init and dropout.")]
+TrainPrecisionOpt = Annotated[Optional[str], typer.Option(
+    "--train-precision", help="How to load and train the model (\\[backbone] train_precision): fp32, bf16, fp16, "
+    "8bit or 4bit (bitsandbytes, QLoRA-style). Evaluation after each task uses the same model.",
+    autocompletion=complete_precision, show_default=False)]
 
 
 def run_flags(tasks=None, method=None, backbone=None, model=None, benchmark=None, output_dir=None, seed=None) -> dict:
@@ -34,7 +39,7 @@ def register(app: typer.Typer) -> None:
     def train(
         tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
         benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, seed: SeedOpt = None,
-        config: ConfigOpt = None, set_: SetOpt = None,
+        train_precision: TrainPrecisionOpt = None, config: ConfigOpt = None, set_: SetOpt = None,
         restart: Annotated[bool, typer.Option("--restart", help="Discard this run's checkpoints, "
                                               "predictions and results and train from the first task.")] = False,
         json_: JsonOpt = False,
@@ -45,8 +50,9 @@ def register(app: typer.Typer) -> None:
         from prism.config import load_config
         from prism.engine.loop import train as run_training
 
-        resolved = load_config(config, sets=set_ or [], flags=run_flags(tasks, method, backbone, model,
-                                                                          benchmark, output_dir, seed))
+        flags = run_flags(tasks, method, backbone, model, benchmark, output_dir, seed)
+        flags["backbone.train_precision"] = train_precision
+        resolved = load_config(config, sets=set_ or [], flags=flags)
         console = stderr_console()
         cfg = resolved.config
         console.print(f"prism train: method [bold]{cfg.method.id}[/], backbone {cfg.backbone.id} "

@@ -42,8 +42,9 @@ CONFIG_FILE_NAME = "prism.toml"
 RESOLVED_FILE_NAME = "config.resolved.toml"
 
 #: Settings that do not change what a run computes, so they stay out of ``hash()``.
-HASH_EXCLUDED = ("infer.batch_size", "train.log_every", "project.name", "project.output_dir",
-                 "benchmark.root")
+HASH_EXCLUDED = ("infer.batch_size", "train.log_every", "train.save_every_steps", "train.report_to",
+                 "project.name", "project.output_dir", "benchmark.root", "distributed.nproc",
+                 "distributed.gpus", "distributed.master_port")
 
 KeyPath = tuple[str, ...]
 

@@ -62,12 +62,19 @@ class BackboneConfig(_Table):
         "builtin:tiny-llava", min_length=1,
         description="local path, hub id, or builtin:tiny-llava / builtin:tiny-internvl",
     )
-    train_precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="training dtype")
+    train_precision: Literal["fp32", "bf16", "fp16", "8bit", "4bit"] = Field(
+        "fp32", description="how prism train loads and trains the model; 8bit/4bit quantise the language "
+        "model with bitsandbytes (QLoRA)",
+    )
     attn: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="attention implementation; auto = flash_attention_2 if usable, else sdpa",
     )
     routing_tower: str | None = Field(
         None, description="encoder for routing features (methods that route by CLIP embeddings)",
+    )
+    vision_tower: str | None = Field(
+        None, description="vision tower folder (or cached hub id) for an original LLaVA-1.5 checkpoint; "
+        "overrides its config.json mm_vision_tower",
     )
 
 
@@ -201,7 +208,13 @@ class TrainConfig(_Table):
         None, gt=0, description="learning rate of the projector when a method trains it (None: lr)",
     )
     gradient_checkpointing: bool = Field(False, description="trade compute for memory")
-    log_every: int = Field(10, ge=1, description="log the loss every N steps")
+    log_every: int = Field(1, ge=1, description="write a metrics.jsonl line every N steps")
+    save_every_steps: int = Field(
+        100, ge=0, description="step checkpoint every N steps for mid-task resume (0: only at task end)",
+    )
+    report_to: list[str] = Field(
+        default_factory=list, description="trackers fed through accelerate (tensorboard, wandb, ...)",
+    )
     eval_after_each_task: bool = Field(True, description="fill the accuracy matrix row by row")
 
     @model_validator(mode="after")
@@ -223,12 +236,38 @@ class InferConfig(_Table):
     )
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding")
     num_beams: int = Field(1, ge=1, description="beam search width")
+    precision: Literal["auto", "fp32", "bf16", "fp16", "8bit", "4bit"] = Field(
+        "auto", description="how prism infer loads the model; auto = [backbone] train_precision "
+        "(prism train evaluates with the model it trains)",
+    )
 
 
 class PluginsConfig(_Table):
     """[plugins]: which installed plugins to ignore for this project."""
 
     disable: list[str] = Field(default_factory=list, description="plugin names not to load")
+
+
+class DistributedConfig(_Table):
+    """[distributed]: how many processes train, and with which engine (DDP or DeepSpeed)."""
+
+    nproc: int = Field(1, ge=1, description="training processes (one per GPU); > 1 relaunches under torchrun")
+    gpus: str | None = Field(
+        None, pattern=r"^\d+(,\d+)*$",
+        description="GPU ids to use, e.g. \"0,1,2,3\" (sets CUDA_VISIBLE_DEVICES and nproc)",
+    )
+    backend: Literal["ddp", "deepspeed"] = Field("ddp", description="distributed engine")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    offload: bool = Field(False, description="DeepSpeed: offload optimizer states (and ZeRO-3 params) to CPU")
+    deepspeed_config: str | None = Field(
+        None, min_length=1,
+        description="a DeepSpeed JSON file, or a preset: zero2, zero3, zero3_offload (None: from zero_stage/offload)",
+    )
+    master_port: int | None = Field(None, ge=1, le=65535, description="rendezvous port (None: a free one)")
+
+    @property
+    def processes(self) -> int:
+        return len(self.gpus.split(",")) if self.gpus else self.nproc
 
 
 class PrismConfig(_Table):
@@ -240,6 +279,7 @@ class PrismConfig(_Table):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
 
 

@@ -6,7 +6,6 @@ prism only decides what a step is: the method's loss on a batch of the task.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,12 @@ from typing import Any, Callable, Iterator
 import torch
 
 from prism.benchmarks.data import Batch
-from prism.errors import ConfigError
+from prism.engine.data_stream import DataStream
+from prism.engine.interrupt import Interrupted, deferred_interrupt
+from prism.engine.metrics_log import MetricsLog
+from prism.engine.seeding import capture_rng, restore_rng
+from prism.engine.step_checkpoint import FitState, StepCheckpointer
+from prism.errors import CheckpointError, ConfigError
 from prism.methods.base import FitHandle, Method, TaskContext
 
 
@@ -55,7 +59,8 @@ class TaskFitter(FitHandle):
     """Trains the model on one task's encoded data; also the FitHandle methods see."""
 
     def __init__(self, *, model: Any, method: Method, dataset: Any, train_cfg: Any, seed: int,
-                 accelerator: Any, log_path: Path | None = None, tasks_in_step: int = 1):
+                 accelerator: Any, log_path: Path | None = None, tasks_in_step: int = 1,
+                 step_offset: int = 0):
         self.model = model
         self.method = method
         self.dataset = dataset
@@ -66,6 +71,8 @@ class TaskFitter(FitHandle):
         self.log_path = log_path
         #: a joint run fits every task at once: [train] max_steps is per task, so it gets them all
         self.tasks_in_step = tasks_in_step
+        #: optimizer steps taken by earlier tasks of the run (a rising step axis for trackers)
+        self.step_offset = step_offset
 
     # -- FitHandle -------------------------------------------------------------
     def batches(self, limit: int | None = None, batch_size: int | None = None) -> Iterator[Batch]:
@@ -86,57 +93,100 @@ class TaskFitter(FitHandle):
         return total_steps(len(self.dataset), cfg.global_batch_size, cfg.epochs, max_steps)
 
     # -- training --------------------------------------------------------------
-    def fit(self, task: TaskContext, on_step: Callable[[int, int, float], None] | None = None) -> FitResult:
+    def fit(self, task: TaskContext, on_step: Callable[[int, int, float], None] | None = None, *,
+            checkpointer: StepCheckpointer | None = None) -> FitResult:
+        """Run the task's optimizer steps; continue from ``checkpointer``'s step checkpoint if it has one."""
         cfg = self.cfg
-        micro, accumulation = batch_geometry(cfg.global_batch_size, cfg.micro_batch_size)
+        world = self.accelerator.num_processes
+        micro, accumulation = batch_geometry(cfg.global_batch_size, cfg.micro_batch_size, world)
         steps = self.steps()
-        params = [p for p in self.method.trainable_parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError(
-                f"method {self.method.id!r} has no trainable parameters for task {task.name!r}",
-                hint="check [method] target_modules, or use zeroshot for a no-training baseline",
-            )
+        named = self._trainable_named()
+        params = list(named.values())
         optimizer = torch.optim.AdamW(self._param_groups(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = _scheduler(cfg, optimizer, steps)
+        stream = DataStream(self.dataset, micro, self.seed, rank=self.accelerator.process_index, world=world)
+        result = FitResult(steps=0, samples=0, seconds=0.0)
+        resume = checkpointer.load() if checkpointer is not None else None
+        if resume is not None:
+            self._restore(resume, named, optimizer, scheduler, stream, steps, result)
+        if cfg.gradient_checkpointing:
+            # non-reentrant checkpointing needs no input that requires grad (the base is frozen)
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
         model.train()
-        generator = torch.Generator().manual_seed(self.seed)
-        stream = self._endless(micro, generator)
-        result = FitResult(steps=0, samples=0, seconds=0.0)
         started = time.perf_counter()
-        log = open(self.log_path, "a", encoding="utf-8") if self.log_path else None
+        metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
+                             step_offset=self.step_offset, samples_before=result.samples, every=cfg.log_every)
         try:
-            for step in range(steps):
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = 0.0
-                for _ in range(accumulation):
-                    batch = next(stream).to(self.device)
-                    self.method.before_forward(batch, training=True)
-                    outputs = model(**batch.model_inputs())
-                    loss = self.method.loss(task, batch, outputs) / accumulation
-                    self.accelerator.backward(loss)
-                    step_loss += float(loss.detach())
-                    result.samples += len(batch.records)
-                if cfg.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                result.steps += 1
-                result.losses.append(step_loss)
-                if log is not None and (step % cfg.log_every == 0 or step == steps - 1):
-                    log.write(json.dumps({
-                        "task": task.name, "step": step + 1, "steps": steps, "loss": round(step_loss, 6),
-                        "lr": scheduler.get_last_lr()[0],
-                        "samples_per_s": round(result.samples / max(time.perf_counter() - started, 1e-9), 2),
-                    }) + "\n")
-                if on_step is not None:
-                    on_step(step + 1, steps, step_loss)
+            with deferred_interrupt() as interrupt:
+                for step in range(result.steps, steps):
+                    if interrupt.requested:
+                        if checkpointer is not None:
+                            checkpointer.save(self._state(result, steps, named, optimizer, scheduler, stream))
+                        raise Interrupted(f"training interrupted in task {task.name!r} after step {step}/{steps}",
+                                          hint="run the same `prism train` again to continue from this step")
+                    optimizer.zero_grad(set_to_none=True)
+                    step_loss = 0.0
+                    for _ in range(accumulation):
+                        batch = stream.next().to(self.device)
+                        self.method.before_forward(batch, training=True)
+                        outputs = model(**batch.model_inputs())
+                        loss = self.method.loss(task, batch, outputs) / accumulation
+                        self.accelerator.backward(loss)
+                        step_loss += float(loss.detach())
+                        result.samples += len(batch.records) * world
+                    grad_norm = None
+                    if cfg.max_grad_norm:
+                        grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    result.steps += 1
+                    result.losses.append(step_loss)
+                    metrics.step(result, step_loss, scheduler.get_last_lr()[0], grad_norm,
+                                 time.perf_counter() - started)
+                    if on_step is not None:
+                        on_step(step + 1, steps, step_loss)
+                    if checkpointer is not None and checkpointer.due(result.steps, steps):
+                        checkpointer.save(self._state(result, steps, named, optimizer, scheduler, stream))
         finally:
-            if log is not None:
-                log.close()
+            metrics.close()
         result.seconds = time.perf_counter() - started
         model.eval()
         return result
+
+    def _trainable_named(self) -> dict[str, torch.nn.Parameter]:
+        """The method's trainable parameters by their name in the model (names key step checkpoints)."""
+        wanted = {id(p) for p in self.method.trainable_parameters() if p.requires_grad}
+        named = {n: p for n, p in self.model.named_parameters() if id(p) in wanted}
+        if not named:
+            raise ConfigError(
+                f"method {self.method.id!r} has no trainable parameters",
+                hint="check [method] target_modules, or use zeroshot for a no-training baseline",
+            )
+        return named
+
+    def _state(self, result: FitResult, steps: int, named: dict[str, torch.nn.Parameter], optimizer: Any,
+               scheduler: Any, stream: DataStream) -> FitState:
+        return FitState(step=result.steps, steps=steps, samples=result.samples, losses=list(result.losses),
+                        trainable={n: p.detach().clone() for n, p in named.items()},
+                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                        data=stream.state(), rng=capture_rng())
+
+    def _restore(self, state: FitState, named: dict[str, torch.nn.Parameter], optimizer: Any, scheduler: Any,
+                 stream: DataStream, steps: int, result: FitResult) -> None:
+        if state.steps != steps or set(state.trainable) != set(named):
+            raise CheckpointError(
+                f"the step checkpoint does not fit this task: {state.steps} steps and "
+                f"{len(state.trainable)} trainable tensors saved, {steps} and {len(named)} now",
+                hint="pass --restart, or delete the steps/ folder of this run to redo the task")
+        with torch.no_grad():
+            for name, param in named.items():
+                param.copy_(state.trainable[name].to(param.device, param.dtype))
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        stream.restore(*state.data)
+        restore_rng(*state.rng)
+        result.steps, result.samples, result.losses = state.step, state.samples, list(state.losses)
 
     def _param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
         """A separate learning rate for the projector when [train] projector_lr is set."""
@@ -146,15 +196,6 @@ class TaskFitter(FitHandle):
         groups = [{"params": [p for p in params if id(p) not in projector]},
                   {"params": [p for p in params if id(p) in projector], "lr": self.cfg.projector_lr}]
         return [g for g in groups if g["params"]]
-
-    def _endless(self, micro: int, generator: torch.Generator) -> Iterator[Batch]:
-        while True:
-            produced = False
-            for batch in self.dataset.batches(micro, generator=generator, shuffle=True, drop_last=True):
-                produced = True
-                yield batch
-            if not produced:  # fewer records than one micro batch: use them all
-                yield from self.dataset.batches(micro, generator=generator, shuffle=True, drop_last=False)
 
 
 def _scheduler(cfg: Any, optimizer: torch.optim.Optimizer, steps: int):

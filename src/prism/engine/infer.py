@@ -36,7 +36,7 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
         raise CheckpointError(f"no complete checkpoints under {layout.checkpoints_dir}",
                               hint="run `prism train` first, or check [project] output_dir / --method")
     root = plan.benchmark.prepare()
-    backbone = load_backbone(plan)
+    backbone = load_backbone(plan, purpose="infer")  # at [infer] precision
     method = build_method(plan)
     method.attach(backbone)
     matrix = _load_or_new_matrix(layout, plan)

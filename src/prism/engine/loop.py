@@ -17,12 +17,15 @@ from typing import Any, Callable
 from prism import __version__
 from prism.checkpoint import store
 from prism.checkpoint.layout import RunLayout
+from prism.engine.step_checkpoint import StepCheckpointer
+from prism.engine.seeding import set_seed
 from prism.engine.session import RunPlan, build_method, load_backbone, plan_run, quiet_libraries
 from prism.errors import CheckpointError, UsageError
 from prism.methods.base import Method, TaskContext
 
 MATRIX_FILE = "accuracy_matrix.json"
 CL_METRICS_FILE = "cl_metrics.json"
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -47,17 +50,33 @@ class Reporter:
     def message(self, text: str) -> None: ...
 
 
+#: settings that do not change what a task's checkpoint holds
+FINGERPRINT_EXCLUDED = (("benchmark", "tasks"), ("infer", "batch_size"), ("infer", "precision"), ("train", "log_every"),
+                        ("train", "save_every_steps"), ("train", "report_to"), ("project", "name"),
+                        ("project", "output_dir"), ("benchmark", "root"), ("benchmark", "max_test_samples"),
+                        ("train", "eval_after_each_task"), ("distributed", "nproc"), ("distributed", "gpus"),
+                        ("distributed", "master_port"))
+
+
 def run_fingerprint(resolved: Any) -> str:
-    """Hash of everything that changes what a task's checkpoint holds (not which tasks run)."""
+    """Hash of everything that changes what a task's checkpoint holds (not which tasks run).
+
+    Unset (None) settings are left out, so a newer prism that adds an optional
+    setting still recognises the checkpoints of an older run.
+    """
     import hashlib
 
     data = resolved.to_dict()
-    for table, key in (("benchmark", "tasks"), ("infer", "batch_size"), ("train", "log_every"),
-                       ("project", "name"), ("project", "output_dir"), ("benchmark", "root"),
-                       ("benchmark", "max_test_samples"), ("train", "eval_after_each_task")):
+    for table, key in FINGERPRINT_EXCLUDED:
         data.get(table, {}).pop(key, None)
-    canonical = json.dumps(data, sort_keys=True, default=str)
+    canonical = json.dumps(_without_none(data), sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _without_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_none(v) for k, v in obj.items() if v is not None}
+    return obj
 
 
 def environment_facts(world_size: int = 1) -> dict[str, Any]:
@@ -86,7 +105,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     reporter = reporter or Reporter()
     plan = plan_run(resolved)
     cfg = plan.config
-    _set_seed(cfg.project.seed)
+    set_seed(cfg.project.seed)
     layout = plan.layout
     fingerprint = run_fingerprint(resolved)
     store.recover_interrupted(layout.checkpoints_dir)
@@ -120,15 +139,23 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
         if not matrix.row_complete(prefix - 1) and cfg.train.eval_after_each_task:
             evaluate_row(plan, backbone, method, root, prefix - 1, matrix, reporter)
 
-    accelerator = _accelerator(cfg)
+    accelerator = _accelerator(cfg, layout)
+    step_offset = _steps_done(plan, prefix)
     last = len(plan.sequence) - 1
     # joint (the multi-task upper bound) trains once, on every task's data, as the last step
     positions = ([last] if prefix <= last else []) if joint else range(prefix, len(plan.sequence))
     for position in positions:
         spec = plan.sequence[position]
         task = TaskContext(index=position, spec=spec, sequence=plan.sequence, benchmark=cfg.benchmark.id)
+        # each task draws from its own seed: a resumed run trains task k exactly like an uninterrupted one
+        set_seed(cfg.project.seed + 1000 * position)
         method.begin_task(task)
         fitter = None
+        steps_done = 0
+        checkpointer = StepCheckpointer(
+            folder=layout.step_checkpoint(plan.indices[position]), every=cfg.train.save_every_steps,
+            info={"fingerprint": fingerprint, "tasks_seen": [t.name for t in plan.sequence[: position + 1]]},
+            writer=accelerator.is_main_process)
         if method.trains:
             from prism.benchmarks.data import TaskDataset
             from prism.engine.fit import TaskFitter
@@ -140,44 +167,72 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
                                   specs={t.name: t for t in plan.all_tasks})
             fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train,
                                 seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
-                                log_path=layout.results_dir / "train_log.jsonl",
-                                tasks_in_step=len(sources))
+                                log_path=layout.results_dir / METRICS_FILE,
+                                tasks_in_step=len(sources), step_offset=step_offset)
             steps = fitter.steps()
             reporter.task_started(position, len(plan.sequence), spec.name, steps)
-            result = fitter.fit(task, on_step=reporter.step)
+            result = fitter.fit(task, on_step=reporter.step, checkpointer=checkpointer)
             reporter.task_finished(spec.name, result)
+            steps_done = result.steps
+            step_offset += steps_done
         method.end_task(task, fitter if fitter is not None else _NoFit(backbone))
-        save_checkpoint(plan, method, backbone, position, fingerprint)
+        save_checkpoint(plan, method, backbone, position, fingerprint, steps=steps_done)
+        checkpointer.clear()
         outcome.trained.append(spec.name)
         if cfg.train.eval_after_each_task:
             evaluate_row(plan, backbone, method, root, position, matrix, reporter)
 
     outcome.summary = _write_summary(layout, matrix, joint=joint)
+    accelerator.end_training()
     return outcome
 
 
 # -- pieces -----------------------------------------------------------------------------
-def _set_seed(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def _accelerator(cfg: Any) -> Any:
+def _accelerator(cfg: Any, layout: RunLayout) -> Any:
     import torch
     from accelerate import Accelerator
 
-    precision = cfg.backbone.train_precision
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
-    if mixed == "fp16" and not torch.cuda.is_available():
-        raise UsageError("[backbone] train_precision = \"fp16\" needs a CUDA GPU",
-                         hint="use \"bf16\" or \"fp32\" on this machine")
-    return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    from prism.backbones.precision import compute_device, mixed_precision
+
+    # the mode was checked against this machine when the backbone loaded (session.load_backbone)
+    mixed = mixed_precision(cfg.backbone.train_precision, compute_device())
+    trackers = report_to(cfg.train.report_to)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+                              log_with=trackers or None, project_dir=str(layout.results_dir))
+    if trackers:
+        accelerator.init_trackers(cfg.project.name, config={"method": cfg.method.id, "benchmark": cfg.benchmark.id,
+                                                            "seed": cfg.project.seed})
+    return accelerator
+
+
+#: tracker name -> the package it needs
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
+
+
+def report_to(names: list[str]) -> list[str]:
+    """``[train] report_to`` checked: known trackers whose package is installed."""
+    import importlib.util
+
+    for name in names:
+        if name not in TRACKER_PACKAGES:
+            raise UsageError(f"[train] report_to: unknown tracker {name!r}",
+                             hint="choose from " + ", ".join(sorted(TRACKER_PACKAGES)))
+        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
+            raise UsageError(f"[train] report_to: {name!r} needs the {TRACKER_PACKAGES[name]} package",
+                             hint=f"pip install {TRACKER_PACKAGES[name]}, or remove {name!r} from report_to")
+    return list(names)
+
+
+def _steps_done(plan: RunPlan, prefix: int) -> int:
+    """Optimizer steps of the tasks already finished (they start the trackers' step axis)."""
+    total = 0
+    for position in range(prefix):
+        folder = plan.layout.checkpoint(plan.indices[position])
+        if not store.checkpoint_complete(folder):  # a joint run has only its last checkpoint
+            continue
+        total += int(store.read_checkpoint_info(folder).state.get("steps", 0) or 0)
+    return total
 
 
 class _NoFit:
@@ -248,7 +303,8 @@ def _clear_run(layout: RunLayout) -> None:
             shutil.rmtree(folder)
 
 
-def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int, fingerprint: str) -> Path:
+def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int, fingerprint: str,
+                    steps: int = 0) -> Path:
     from safetensors.torch import save_file
 
     from prism.adapters.io import save_adapters
@@ -277,6 +333,7 @@ def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int,
             "position": position,
             "tasks_seen": [t.name for t in seen],
             "task_indices_seen": plan.indices[: position + 1],
+            "steps": steps,
             "adapters": adapter_meta,
             "method_state": method.state_metadata(),
             "has_state_tensors": bool(tensors),

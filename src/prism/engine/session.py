@@ -52,15 +52,65 @@ def build_method(plan: RunPlan) -> Method:
     return method_cls(plan.resolved.method_params, run)
 
 
-def load_backbone(plan: RunPlan, device: Any = "cpu") -> Any:
+def load_backbone(plan: RunPlan, device: Any = None, *, purpose: str = "train") -> Any:
+    """The backbone at the precision of ``purpose``: "train" ([backbone] train_precision) or
+    "infer" ([infer] precision). The precision is checked before anything loads.
+
+    ``device`` None: training loads on the CPU (accelerate moves the model; quantised
+    models load straight onto their GPU), inference on this process's GPU when there is one.
+    """
+    from prism.backbones.precision import check_precision, compute_device, load_device
+
     cfg = plan.config
+    mode, key = precision_for(plan.resolved, purpose)
+    check_precision(mode, compute_device(), key)
+    if device is None:
+        device = compute_device() if purpose == "infer" else load_device(mode)
     backbone_cfg = cfg.backbone
     model = Path(backbone_cfg.model).expanduser()
     local = plan.resolved.project_dir / model
     if not backbone_cfg.model.startswith("builtin:") and not model.is_absolute() and local.exists():
         backbone_cfg = backbone_cfg.model_copy(update={"model": str(local)})  # relative to prism.toml
+    # every backbone reads train_precision, so the mode travels in the config (plugins included)
+    backbone_cfg = backbone_cfg.model_copy(update={"train_precision": mode})
     backbone_cls = registry("backbone", plan.resolved.project_dir).load(cfg.backbone.id)
-    return backbone_cls().load(backbone_cfg, device=device)
+    loaded = backbone_cls().load(backbone_cfg, device=device)
+    loaded.extra["precision"] = mode
+    loaded.extra["routing_tower"] = _project_path(backbone_cfg.routing_tower, plan.resolved.project_dir)
+    return loaded
+
+
+def precision_for(resolved: Any, purpose: str) -> tuple[str, str]:
+    """(mode, the key or flag that chose it) for loading the model to "train" or to "infer"."""
+    from prism.backbones.precision import resolve_infer_precision
+
+    cfg = resolved.config
+    train_key = _setting_name(resolved, "backbone.train_precision", "[backbone] train_precision")
+    if purpose == "train":
+        return cfg.backbone.train_precision, train_key
+    if purpose != "infer":
+        raise ValueError(f"purpose must be 'train' or 'infer', got {purpose!r}")
+    mode = resolve_infer_precision(cfg.infer.precision, cfg.backbone.train_precision)
+    if cfg.infer.precision == "auto":
+        return mode, f'{train_key} (used because [infer] precision = "auto")'
+    return mode, _setting_name(resolved, "infer.precision", "[infer] precision")
+
+
+def _setting_name(resolved: Any, dotted: str, toml_key: str) -> str:
+    """The flag when a dedicated flag set the value (``--train-precision``), else the TOML key."""
+    label = getattr(resolved, "sources", {}).get(dotted, "")
+    return label if label.startswith("--") and label != "--set" else toml_key
+
+
+def _project_path(value: str | None, project_dir: Path) -> str | None:
+    """A relative local path in prism.toml is relative to its folder; ids and builtins pass through."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    local = project_dir / path
+    if not value.startswith("builtin:") and not path.is_absolute() and local.exists():
+        return str(local)
+    return value
 
 
 def quiet_libraries() -> None:

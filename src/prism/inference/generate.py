@@ -12,13 +12,17 @@ from prism.inference import predictions as pred_files
 from prism.methods.base import Method
 
 
-def suppressed_token_ids(tokenizer: Any) -> list[int]:
-    """Special tokens a weak model must never emit (an emitted <image> breaks LLaVA's forward)."""
+def suppressed_token_ids(tokenizer: Any, vocab_rows: int | None = None) -> list[int]:
+    """Tokens a model must never emit: special tokens (an emitted <image> breaks LLaVA's
+    forward) and the padding rows an embedding matrix has beyond the tokenizer's vocabulary
+    (llava-hf pads 32002 tokens to 32064 rows; those ids decode to nothing)."""
     keep = {tokenizer.eos_token_id}
     ids = set(getattr(tokenizer, "all_special_ids", []) or [])
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     if isinstance(image_id, int) and image_id != tokenizer.unk_token_id:
         ids.add(image_id)
+    if vocab_rows is not None:
+        ids.update(range(len(tokenizer), vocab_rows))
     return sorted(i for i in ids if i is not None and i not in keep)
 
 
@@ -37,7 +41,7 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     tokenizer = backbone.tokenizer
     device = next(model.parameters()).device
     model.eval()
-    suppress = suppressed_token_ids(tokenizer)
+    suppress = suppressed_token_ids(tokenizer, model.get_output_embeddings().weight.shape[0])
     generation = dict(max_new_tokens=max_new_tokens, num_beams=num_beams,
                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                       suppress_tokens=suppress or None)

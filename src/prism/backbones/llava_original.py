@@ -1,0 +1,582 @@
+"""The original LLaVA-1.5 release format, converted to transformers' llava-hf layout.
+
+``liuhaotian/llava-v1.5-7b`` style folders hold a flat Llama ``config.json`` plus
+``mm_*`` keys (``LlavaLlamaForCausalLM``), Llama weights and the projector
+(``model.mm_projector.0/2``) in fp16 shards, a sentencepiece tokenizer, and
+usually no vision tower: the original code loads it from the folder named by
+``mm_vision_tower``. prism converts such a folder in memory when it loads it
+(``LlavaBackbone``) and on disk with ``prism ckpt convert``.
+
+The conversion follows what llava-hf's own conversion did: ``<image>`` (and
+``<pad>`` when the tokenizer has none) are appended to the vocabulary, and the
+embedding and output matrices grow to a multiple of 64 rows, new rows set to
+the mean of the trained ones. The converted tokenizer prefixes "▁" to the text
+after every special token (``legacy=True``), which reproduces the original
+tokenisation of the text around ``<image>`` (LLaVA tokenises each side of the
+image separately); it differs only after a ``</s>`` inside multi-turn text.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from prism.atomic import replace_folder
+from prism.errors import CheckpointError, ConfigError
+
+ORIGINAL_ARCHITECTURE = "LlavaLlamaForCausalLM"
+ORIGINAL_MODEL_TYPES = ("llava", "llava_llama")
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<pad>"
+VOCAB_MULTIPLE = 64  # llava-hf pads the vocabulary to a multiple of 64 rows
+TEMPLATE = "vicuna_v1"
+METADATA_FILE = "prism_converted.json"
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+#: mm_vision_select_feature -> transformers' vision_feature_select_strategy.
+SELECT_STRATEGIES = {"patch": "default", "cls_patch": "full"}
+#: Flat config keys that describe the Llama language model (the rest are LLaVA's own).
+TEXT_CONFIG_KEYS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
+    "use_cache", "bos_token_id", "eos_token_id", "pretraining_tp", "tie_word_embeddings", "rope_theta",
+    "rope_scaling", "rope_parameters", "attention_bias", "attention_dropout", "mlp_bias", "head_dim",
+)
+REQUIRED_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+#: Checkpoint keys that are not weights of the converted model (old rotary buffers, LLaVA-NeXT's newline).
+IGNORED_KEYS = re.compile(r"(\.rotary_emb\.inv_freq$|^model\.image_newline$)")
+_LANGUAGE = re.compile(r"^model\.(embed_tokens|layers|norm)\.")
+_PROJECTOR = {"model.mm_projector.0.": "model.multi_modal_projector.linear_1.",
+              "model.mm_projector.2.": "model.multi_modal_projector.linear_2."}
+_EMBEDDED_TOWER = "model.vision_tower.vision_tower."
+
+
+# -- detection --------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot read it as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return data
+
+
+def is_original_llava(folder: Path | str) -> bool:
+    """True for an original LLaVA-1.5 folder: a flat ``llava``/``llava_llama`` (or
+    ``LlavaLlamaForCausalLM``) config, without llava-hf's nested ``text_config``.
+
+    Reads ``config.json`` as plain JSON: ``AutoConfig`` would take ``model_type
+    "llava"`` for transformers' own (nested) llava config and fail obscurely.
+    """
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict) or "text_config" in config:
+        return False
+    architectures = config.get("architectures") or []
+    return ORIGINAL_ARCHITECTURE in architectures or config.get("model_type") in ORIGINAL_MODEL_TYPES
+
+
+# -- the vision tower -----------------------------------------------------------------------
+@dataclass
+class TowerParts:
+    """A vision tower ready to plug in: weights keyed relative to the tower module."""
+
+    kind: str  # "clip", "intern_vit"
+    folder: Path
+    config: Any
+    state_dict: dict[str, Any]
+    image_processor: Any
+
+
+TowerLoader = Callable[[Path], "tuple[Any, dict[str, Any], Any]"]
+
+
+def _cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot of ``repo_id``, never a download."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+    except Exception:  # not cached, malformed id: the caller reports what it tried
+        return None
+
+
+def resolve_vision_tower(name: str | None, checkpoint: Path, override: str | None = None,
+                         override_source: str = "[backbone] vision_tower") -> Path:
+    """The tower folder: ``override`` if given, else ``mm_vision_tower`` as a local path
+    (absolute, or relative to the checkpoint) or a hub id already in the local cache."""
+    if override:
+        local = Path(override).expanduser()
+        found = local if local.is_dir() else _cached_hub_snapshot(override)
+        if found is None:
+            raise ConfigError(f"{override_source} = {override!r}: no such folder, and not a model in the "
+                              "local Hugging Face cache")
+        return found.resolve()
+    config_path = checkpoint / "config.json"
+    if not name:
+        raise ConfigError(f"{config_path}: mm_vision_tower is not set; name the CLIP tower folder with "
+                          f"{override_source} = PATH")
+    local = Path(name).expanduser()
+    local = local if local.is_absolute() else checkpoint / local
+    found = local if local.is_dir() else _cached_hub_snapshot(name)
+    if found is None:
+        raise ConfigError(f"{config_path}: mm_vision_tower = {name!r} is neither a folder ({local}) nor in "
+                          f"the local Hugging Face cache; set {override_source} = PATH to the tower's folder "
+                          f"(or download {name!r} first)")
+    return found.resolve()
+
+
+def load_clip_tower(folder: Path) -> tuple[Any, dict[str, Any], Any]:
+    """CLIP ViT tower: (CLIPVisionConfig, weights keyed like ``CLIPVisionModel``, image processor).
+
+    Reads a full ``CLIPModel`` folder (openai/clip-vit-large-patch14-336) as well
+    as a ``CLIPVisionModel`` one; the old integer ``size``/``crop_size`` is fine.
+    """
+    import torch
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    from prism.backbones.llava import quiet_transformers
+
+    config_type = _read_json(folder / "config.json").get("model_type")
+    if config_type not in ("clip", "clip_vision_model"):
+        raise ConfigError(f"{folder}/config.json: a {config_type!r} model is not a supported vision tower "
+                          "(expected CLIP, e.g. openai/clip-vit-large-patch14-336)")
+    if not (folder / "preprocessor_config.json").is_file():
+        raise ConfigError(f"{folder}: the vision tower has no preprocessor_config.json")
+    with quiet_transformers():
+        config = CLIPVisionConfig.from_pretrained(folder)
+        try:
+            model, info = CLIPVisionModel.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+        except OSError as exc:
+            raise ConfigError(f"{folder}: cannot load the CLIP tower's weights ({exc})") from None
+        image_processor = CLIPImageProcessorPil.from_pretrained(folder)
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise CheckpointError(f"{folder}: the CLIP tower's weights lack {len(missing)} tensors "
+                              f"(e.g. {missing[0]})")
+    return config, model.state_dict(), image_processor
+
+
+def tower_loaders() -> list[tuple[str, Callable[[Path], bool], TowerLoader]]:
+    """(kind, recognises(folder), load(folder)) in the order tried; CLIP is the fallback.
+
+    InternViT comes from ``prism.backbones.intern_vit`` when that module exists.
+    """
+    loaders: list[tuple[str, Callable[[Path], bool], TowerLoader]] = []
+    if importlib.util.find_spec("prism.backbones.intern_vit") is not None:
+        module = importlib.import_module("prism.backbones.intern_vit")
+        recognise = getattr(module, "is_intern_vit_folder", None)
+        load = getattr(module, "load_intern_vit_tower", None)
+        if recognise is not None and load is not None:
+            loaders.append(("intern_vit", recognise, load))
+    loaders.append(("clip", lambda folder: True, load_clip_tower))
+    return loaders
+
+
+def load_vision_tower(folder: Path) -> TowerParts:
+    for kind, recognises, load in tower_loaders():
+        if recognises(folder):
+            config, state_dict, image_processor = load(folder)
+            return TowerParts(kind, folder, config, state_dict, image_processor)
+    raise ConfigError(f"{folder}: not a vision tower prism can load")  # pragma: no cover - CLIP accepts all
+
+
+# -- weights ------------------------------------------------------------------------------------
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files: the shards an index names, or one file."""
+    for name in INDEX_FILES:
+        index = folder / name
+        if index.is_file():
+            weight_map = _read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise CheckpointError(f"{index}: no weight_map")
+            files = [folder / shard for shard in sorted(set(weight_map.values()))]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}",
+                                      hint="the download is incomplete")
+            return files
+    for name in SINGLE_FILES:
+        if (folder / name).is_file():
+            return [folder / name]
+    raise CheckpointError(f"{folder}: no weights (expected {' or '.join(INDEX_FILES + SINGLE_FILES)})")
+
+
+def read_weights(files: list[Path]) -> dict[str, Any]:
+    """All tensors of ``files``; ``.bin`` shards are read with ``weights_only`` (nothing unpickled)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state: dict[str, Any] = {}
+    for file in files:
+        if file.suffix == ".safetensors":
+            state.update(load_file(file))
+            continue
+        try:
+            state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
+        except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
+            state.update(torch.load(file, map_location="cpu", weights_only=True))
+    return state
+
+
+def map_weight_names(state: dict[str, Any], where: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Original names -> transformers-5 llava names; returns (model weights, embedded tower weights).
+
+    Tower weights a checkpoint carries (``model.vision_tower.vision_tower.*``) come
+    back keyed relative to the tower, still in the checkpoint's own naming.
+    """
+    mapped: dict[str, Any] = {}
+    tower: dict[str, Any] = {}
+    unknown: list[str] = []
+    for key, tensor in state.items():
+        if IGNORED_KEYS.search(key):
+            continue
+        if key.startswith(_EMBEDDED_TOWER):
+            tower[key[len(_EMBEDDED_TOWER):]] = tensor
+        elif _LANGUAGE.match(key):
+            mapped["model.language_model." + key[len("model."):]] = tensor
+        elif key == "lm_head.weight":
+            mapped[key] = tensor
+        elif any(key.startswith(old) for old in _PROJECTOR):
+            old = next(old for old in _PROJECTOR if key.startswith(old))
+            mapped[_PROJECTOR[old] + key[len(old):]] = tensor
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(f"{where}: {len(unknown)} weights of unknown purpose (e.g. {sorted(unknown)[0]}); "
+                              "not an original LLaVA-1.5 (mlp2x_gelu, Llama) checkpoint")
+    return mapped, tower
+
+
+def embedded_tower_weights(tower: TowerParts, embedded: dict[str, Any], where: Path) -> dict[str, Any]:
+    """Tower weights a checkpoint carries, keyed like ``tower.state_dict``.
+
+    InternViT's original names need its own converter; CLIP's differ at most by
+    a ``vision_model.`` prefix.
+    """
+    if tower.kind == "intern_vit":
+        convert = getattr(importlib.import_module("prism.backbones.intern_vit"), "convert_intern_vit_weights", None)
+        if convert is None:
+            raise ConfigError(f"{where}: the checkpoint carries InternViT tower weights and this prism cannot "
+                              "convert them")
+        return convert(tower.folder, embedded, source=f"{where} ({_EMBEDDED_TOWER}*)")
+    return _tower_names(embedded, set(tower.state_dict), where)
+
+
+def _tower_names(embedded: dict[str, Any], expected: set[str], where: Path) -> dict[str, Any]:
+    """Key embedded CLIP weights like the loaded tower (``vision_model.`` dropped where needed)."""
+    renamed: dict[str, Any] = {}
+    for key, tensor in embedded.items():
+        short = key[len("vision_model."):] if key.startswith("vision_model.") else key
+        name = key if key in expected else short
+        if name not in expected:
+            raise CheckpointError(f"{where}: the checkpoint's tower weight {_EMBEDDED_TOWER}{key} does not "
+                                  "match the vision tower named by mm_vision_tower")
+        renamed[name] = tensor
+    return renamed
+
+
+def _grow_rows(weight: Any, rows: int) -> Any:
+    """``weight`` with rows appended up to ``rows``, each the mean of the existing rows."""
+    import torch
+
+    extra = rows - weight.shape[0]
+    if extra <= 0:
+        return weight
+    mean = weight.float().mean(dim=0, keepdim=True).to(weight.dtype)
+    return torch.cat([weight, mean.expand(extra, -1)], dim=0)
+
+
+# -- configuration ------------------------------------------------------------------------------
+def _side(value: Any) -> int:
+    """An image or patch size that may be given as [height, width] (InternViT) or one int."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def _check_supported(config: dict[str, Any], where: Path) -> str:
+    """Reject LLaVA variants llava-hf cannot express; return the feature-select strategy."""
+    architectures = config.get("architectures") or [ORIGINAL_ARCHITECTURE]
+    if ORIGINAL_ARCHITECTURE not in architectures or config.get("model_type") not in ORIGINAL_MODEL_TYPES:
+        raise ConfigError(f"{where}: architectures {architectures} / model_type {config.get('model_type')!r}: "
+                          f"only {ORIGINAL_ARCHITECTURE} (LLaVA-1.5 on Llama) can be converted")
+    projector = config.get("mm_projector_type", "linear")
+    if projector != "mlp2x_gelu":
+        raise ConfigError(f"{where}: mm_projector_type = {projector!r} is not supported; llava-hf's projector "
+                          "is LLaVA-1.5's \"mlp2x_gelu\" (linear, GELU, linear)")
+    for key in ("mm_use_im_start_end", "mm_use_im_patch_token"):
+        if config.get(key):
+            raise ConfigError(f"{where}: {key} = true (LLaVA-1.0 image markers) is not supported")
+    if config.get("mm_patch_merge_type", "flat") != "flat":
+        raise ConfigError(f"{where}: mm_patch_merge_type = {config['mm_patch_merge_type']!r} (LLaVA-NeXT) "
+                          "is not supported; only \"flat\"")
+    if config.get("image_aspect_ratio") not in (None, "", "square", "pad"):
+        raise ConfigError(f"{where}: image_aspect_ratio = {config['image_aspect_ratio']!r} is not supported "
+                          "(only \"pad\" or \"square\")")
+    feature = config.get("mm_vision_select_feature", "patch")
+    if feature not in SELECT_STRATEGIES:
+        raise ConfigError(f"{where}: mm_vision_select_feature = {feature!r}: expected one of "
+                          f"{', '.join(SELECT_STRATEGIES)}")
+    return SELECT_STRATEGIES[feature]
+
+
+def build_llava_config(original: dict[str, Any], tower: TowerParts, *, image_token_id: int, pad_token_id: int,
+                       vocab_rows: int, strategy: str, where: Path) -> Any:
+    """transformers' ``LlavaConfig`` for an original checkpoint and its tower."""
+    from transformers import LlamaConfig, LlavaConfig
+
+    missing = [key for key in REQUIRED_TEXT_KEYS if key not in original]
+    if missing:
+        raise ConfigError(f"{where}: missing Llama settings {', '.join(missing)}")
+    text = LlamaConfig(**{key: original[key] for key in TEXT_CONFIG_KEYS if key in original})
+    text.vocab_size, text.pad_token_id = vocab_rows, pad_token_id
+    vision = tower.config
+    mm_hidden = original.get("mm_hidden_size")
+    if mm_hidden is not None and mm_hidden != vision.hidden_size:
+        raise ConfigError(f"{where}: mm_hidden_size = {mm_hidden} but the vision tower {tower.folder} has "
+                          f"hidden_size {vision.hidden_size}")
+    layer = int(original.get("mm_vision_select_layer", -2))
+    if not -(vision.num_hidden_layers + 1) <= layer <= vision.num_hidden_layers:
+        raise ConfigError(f"{where}: mm_vision_select_layer = {layer} is outside the tower's "
+                          f"{vision.num_hidden_layers + 1} hidden states")
+    grid = (_side(vision.image_size) // _side(vision.patch_size)) ** 2
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token_id,
+                       image_seq_length=grid + int(strategy == "full"), vision_feature_select_strategy=strategy,
+                       vision_feature_layer=layer, projector_hidden_act="gelu", multimodal_projector_bias=True,
+                       tie_word_embeddings=False)
+
+
+# -- tokenizer and processor ---------------------------------------------------------------------
+def load_tokenizer(folder: Path) -> Any:
+    """The sentencepiece tokenizer as a (fast) Llama tokenizer, with ``<image>`` and a pad token.
+
+    Always ``LlamaTokenizer``: ``AutoTokenizer`` can pick a generic class that
+    drops sentencepiece's leading "▁" and gives other ids.
+    """
+    from transformers import LlamaTokenizer
+
+    if not ((folder / "tokenizer.model").is_file() or (folder / "tokenizer.json").is_file()):
+        raise ConfigError(f"{folder}: no tokenizer.model (the sentencepiece tokenizer of LLaVA-1.5)")
+    lacking = [name for name, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+               if importlib.util.find_spec(module) is None]
+    if lacking and not (folder / "tokenizer.json").is_file():  # transformers' own error names tiktoken
+        raise ConfigError(f"{folder}/tokenizer.model: reading it needs {' and '.join(lacking)}",
+                          hint="pip install sentencepiece protobuf")
+    try:
+        tokenizer = LlamaTokenizer.from_pretrained(folder, legacy=True, padding_side="left",
+                                                   extra_special_tokens={"image_token": IMAGE_TOKEN})
+    except ImportError as exc:
+        raise ConfigError(f"{folder}/tokenizer.model: reading it needs sentencepiece and protobuf ({exc})",
+                          hint="pip install sentencepiece protobuf") from None
+    tokenizer.init_kwargs["legacy"] = True  # saved, so a reload keeps the "▁" after <image>
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def _pad_to_square(image_processor: Any) -> Any:
+    """LLaVA-1.5's ``image_aspect_ratio = "pad"``: pad to a square of the mean colour, then as before."""
+    from transformers import LlavaImageProcessorPil
+
+    keys = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+            "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+    settings = {key: getattr(image_processor, key) for key in keys if getattr(image_processor, key, None) is not None}
+    for key in ("size", "crop_size"):
+        if key in settings and not isinstance(settings[key], dict):
+            settings[key] = {k: v for k, v in dict(settings[key].__dict__).items() if v is not None}
+    return LlavaImageProcessorPil(**settings, do_pad=True)
+
+
+def build_processor(tokenizer: Any, image_processor: Any, model_config: Any) -> Any:
+    from transformers import LlavaProcessor
+
+    # CLIP and InternViT put a CLS token before the patches: one additional token.
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                          patch_size=_side(model_config.vision_config.patch_size),
+                          vision_feature_select_strategy=model_config.vision_feature_select_strategy,
+                          num_additional_image_tokens=1, image_token=IMAGE_TOKEN)
+
+
+# -- conversion ---------------------------------------------------------------------------------
+@dataclass
+class ConvertedLlava:
+    """An original checkpoint as a llava-hf model, tokenizer and processor (in memory)."""
+
+    model: Any
+    processor: Any
+    source: Path
+    tower: TowerParts
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+
+def _torch_dtype(name: str, original: dict[str, Any], state: dict[str, Any]) -> Any:
+    import torch
+
+    if name not in DTYPES:
+        raise ConfigError(f"dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    if name == "auto":
+        name = str(original.get("torch_dtype") or original.get("dtype") or "")
+        if name not in DTYPES[1:]:
+            embed = state.get("model.language_model.embed_tokens.weight")
+            return embed.dtype if embed is not None else torch.float16
+    return getattr(torch, name)
+
+
+def convert_original_llava(folder: Path | str, *, vision_tower: str | None = None,
+                           vision_tower_source: str = "[backbone] vision_tower", dtype: str = "float32",
+                           attn_implementation: str = "sdpa") -> ConvertedLlava:
+    """Build a ``LlavaForConditionalGeneration`` from an original LLaVA-1.5 folder, in memory.
+
+    ``dtype`` "auto" keeps the checkpoint's own (fp16 for the releases).
+    """
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    from prism.backbones.llava import quiet_transformers
+
+    source = Path(folder).resolve()
+    where = source / "config.json"
+    original = _read_json(where)
+    strategy = _check_supported(original, where)
+    tower_folder = resolve_vision_tower(original.get("mm_vision_tower"), source, vision_tower, vision_tower_source)
+    tokenizer = load_tokenizer(source)
+    tower = load_vision_tower(tower_folder)
+    state, embedded = map_weight_names(read_weights(weight_files(source)), source)
+    if embedded:
+        tower.state_dict = {**tower.state_dict, **embedded_tower_weights(tower, embedded, source)}
+    state.update({"model.vision_tower." + key: tensor for key, tensor in tower.state_dict.items()})
+    if "lm_head.weight" not in state and "model.language_model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.language_model.embed_tokens.weight"].clone()  # tied
+    target = _torch_dtype(dtype, original, state)
+
+    trained_rows = int(original["vocab_size"]) if "vocab_size" in original else len(tokenizer)
+    rows = -(-max(len(tokenizer), trained_rows) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        if key in state:
+            state[key] = _grow_rows(state[key], rows)
+    config = build_llava_config(original, tower, image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                                pad_token_id=tokenizer.pad_token_id, vocab_rows=rows, strategy=strategy,
+                                where=where)
+    _check_weights(config, state, source)
+    with quiet_transformers():
+        model = LlavaForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=state, dtype=target, attn_implementation=attn_implementation)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        setattr(model.generation_config, name, getattr(tokenizer, name))
+    image_processor = tower.image_processor
+    if original.get("image_aspect_ratio") == "pad":
+        image_processor = _pad_to_square(image_processor)
+    info = {"format": "llava-1.5-original", "source": str(source), "vision_tower": str(tower_folder),
+            "vision_tower_kind": tower.kind, "tower_weights_from_checkpoint": bool(embedded),
+            "added_tokens": len(tokenizer) - trained_rows, "vocab_rows": rows, "dtype": str(target).split(".")[-1],
+            "template": TEMPLATE}
+    return ConvertedLlava(model, build_processor(tokenizer, image_processor, config), source, tower, info)
+
+
+def convert_if_original(backbone_config: Any, folder: Path, attn_implementation: str) -> ConvertedLlava | None:
+    """What ``LlavaBackbone.load`` needs for an original folder (fp32, in memory); None otherwise."""
+    from prism.backbones.llava import quiet_transformers
+
+    if not is_original_llava(folder):
+        return None
+    with quiet_transformers():
+        return convert_original_llava(folder, vision_tower=getattr(backbone_config, "vision_tower", None),
+                                      dtype="float32", attn_implementation=attn_implementation)
+
+
+def _check_weights(config: Any, state: dict[str, Any], where: Path) -> None:
+    """Every weight present with its shape: from_pretrained would silently re-initialise a missing one."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    with torch.device("meta"):
+        expected = LlavaForConditionalGeneration(config).state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise CheckpointError(f"{where}: {len(missing)} weights are missing (e.g. {missing[0]})")
+    for key, tensor in expected.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{where}: weight {key} has shape {tuple(state[key].shape)}, the config says "
+                                  f"{tuple(tensor.shape)}")
+
+
+def _describe_non_original(folder: Path) -> str:
+    config = _read_json(folder / "config.json")
+    if config.get("model_type") == "llava" and "text_config" in config:
+        return f"{folder} is already a llava-hf model; nothing to convert"
+    return (f"{folder} is not an original LLaVA-1.5 checkpoint (config.json: model_type "
+            f"{config.get('model_type')!r}, architectures {config.get('architectures')})")
+
+
+def convert_checkpoint(src: Path | str, dst: Path | str, *, vision_tower: str | None = None,
+                       dtype: str = "auto", force: bool = False) -> dict[str, Any]:
+    """Write an original LLaVA-1.5 folder as a llava-hf folder at ``dst``, atomically.
+
+    Checks everything cheap (paths, format, tower) before loading any weight.
+    Returns what was written (the ``prism_converted.json`` record).
+    """
+    source, target = Path(src).expanduser(), Path(dst).expanduser()
+    if not source.is_dir():
+        raise ConfigError(f"{source}: no such folder")
+    if not (source / "config.json").is_file():
+        raise ConfigError(f"{source}: no config.json; not a model folder")
+    if not is_original_llava(source):
+        raise ConfigError(_describe_non_original(source))
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"{target}: the output folder must differ from the source")
+    if target.exists() and not (force and target.is_dir()):
+        raise ConfigError(f"{target} already exists" + ("; pass --force to replace it" if target.is_dir() else ""))
+    original = _read_json(source / "config.json")
+    _check_supported(original, source / "config.json")
+    resolve_vision_tower(original.get("mm_vision_tower"), source.resolve(), vision_tower, "--vision-tower")
+
+    from prism.backbones.llava import quiet_transformers
+
+    with quiet_transformers():
+        converted = convert_original_llava(source, vision_tower=vision_tower, vision_tower_source="--vision-tower",
+                                           dtype=dtype)
+    save_converted(converted, target)
+    return {**converted.info, "output": str(target.resolve())}
+
+
+def save_converted(converted: ConvertedLlava, dst: Path) -> Path:
+    """Save model, tokenizer and processor as a llava-hf folder; a crash leaves no half folder."""
+    import prism
+    import transformers
+
+    from prism.backbones.llava import quiet_transformers
+
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with quiet_transformers():
+            converted.model.save_pretrained(tmp)
+            converted.processor.save_pretrained(tmp)
+        record = {**converted.info, "prism_version": prism.__version__,
+                  "transformers_version": transformers.__version__}
+        (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        replace_folder(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst

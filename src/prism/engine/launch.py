@@ -1,0 +1,84 @@
+"""`prism train` on several processes: relaunch the same command under torchrun.
+
+The user types one command; when ``[distributed]`` asks for more than one
+process and this process was not started by a launcher, prism starts
+``python -m torch.distributed.run --nproc_per_node N -m prism <same arguments>``
+and waits for it. torchrun (not the deepspeed launcher, which does not set
+OMP_NUM_THREADS and oversubscribes small machines) is used for DDP and
+DeepSpeed alike; accelerate then picks up the environment it sets. The exact
+command and environment are written next to the run's results.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from prism.errors import ConfigError
+
+LAUNCH_FILE = "launch.json"
+#: environment variables worth recording with a run (the rest of the environment is not)
+RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR", "MASTER_PORT",
+                "NCCL_DEBUG", "PRISM_LOAD_PLUGINS", "PRISM_DISABLED_PLUGINS")
+
+
+def should_relaunch(distributed: Any, env: Mapping[str, str] | None = None) -> bool:
+    """More than one process wanted, and no launcher has started us yet."""
+    env = os.environ if env is None else env
+    return distributed.processes > 1 and "LOCAL_RANK" not in env
+
+
+def launch_command(distributed: Any, argv: list[str], project_dir: Path,
+                   env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment that rerun ``prism <argv>`` on N processes."""
+    env = dict(os.environ if env is None else env)
+    if distributed.backend == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError("[distributed] backend = \"deepspeed\" needs the deepspeed package",
+                              hint="pip install 'prism-mcit[deepspeed]', or use backend = \"ddp\"")
+        # DeepSpeed compiles small C++/CUDA extensions on first use: keep them with the project
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(project_dir / ".prism" / "torch_extensions"))
+    if distributed.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = distributed.gpus
+    port = distributed.master_port or free_port()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               f"--nproc_per_node={distributed.processes}", f"--master_port={port}",
+               "-m", "prism", *argv]
+    return command, env
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def relaunch(distributed: Any, argv: list[str], project_dir: Path, record_dir: Path) -> int:
+    """Run the distributed command to completion and return its exit code (Ctrl-C is passed on)."""
+    from prism.checkpoint.store import write_json_atomic
+
+    command, env = launch_command(distributed, argv, project_dir)
+    write_json_atomic(record_dir / LAUNCH_FILE, {
+        "command": command, "environment": {k: env[k] for k in RECORDED_ENV if k in env},
+        "processes": distributed.processes, "backend": distributed.backend,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    proc = subprocess.Popen(command, env=env)
+    while True:
+        try:
+            return _exit_code(proc.wait())
+        except KeyboardInterrupt:  # torchrun forwards SIGINT to the workers, which save and stop
+            proc.send_signal(signal.SIGINT)
+
+
+def _exit_code(code: int) -> int:
+    """torchrun reports a worker's failure as 1; a signal as a negative number."""
+    return 128 - code if code < 0 else code
