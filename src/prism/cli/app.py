@@ -99,6 +99,9 @@ def report_error(exc: BaseException) -> int:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     debug = os.environ.get("PRISM_DEBUG", "") not in ("", "0")
+    from prism.cli import common
+
+    common.INVOCATION[:] = list(sys.argv[1:] if argv is None else argv)
     application = build_app()
     try:
         result = application(args=argv, prog_name="prism", standalone_mode=False)

@@ -11,6 +11,9 @@ from typing import Annotated, Any, Optional
 import typer
 
 CONFIG_FILE_NAME = "prism.toml"
+#: the arguments prism was started with (after the program name): `prism train` on several
+#: processes relaunches itself with exactly these
+INVOCATION: list[str] = []
 
 ConfigOpt = Annotated[
     Optional[Path],

@@ -43,18 +43,35 @@ def register(app: typer.Typer) -> None:
         restart: Annotated[bool, typer.Option("--restart", help="Discard this run's checkpoints, "
                                               "predictions and results and train from the first task.")] = False,
         json_: JsonOpt = False,
+        nproc: Annotated[Optional[int], typer.Option(
+            "--nproc", min=1, help="Training processes ([distributed] nproc); more than 1 relaunches "
+            "this command under torchrun.", show_default=False)] = None,
+        gpus: Annotated[Optional[str], typer.Option(
+            "--gpus", help="GPU ids to train on, e.g. 0,1,2,3 ([distributed] gpus; one process each).",
+            show_default=False)] = None,
     ) -> None:
         """Train task by task; after each task evaluate every task seen so far (the accuracy matrix)."""
+        from prism.cli.common import INVOCATION
         from prism.cli.progress import RichReporter
         from prism.cli.results import print_matrix, result_json
         from prism.config import load_config
+        from prism.engine import launch
         from prism.engine.loop import train as run_training
 
         flags = run_flags(tasks, method, backbone, model, benchmark, output_dir, seed)
-        flags["backbone.train_precision"] = train_precision
+        flags.update({"backbone.train_precision": train_precision, "distributed.nproc": nproc,
+                      "distributed.gpus": gpus})
         resolved = load_config(config, sets=set_ or [], flags=flags)
         console = stderr_console()
         cfg = resolved.config
+        if launch.should_relaunch(cfg.distributed):
+            console.print(f"prism train: relaunching on {cfg.distributed.processes} processes "
+                          f"({cfg.distributed.backend}) under torchrun")
+            raise typer.Exit(launch.relaunch(cfg.distributed, INVOCATION, resolved.project_dir,
+                                             launch.record_dir(resolved)))
+        if not launch.is_main_process():
+            run_training(resolved, restart=restart)  # rank > 0: trains its shard, prints nothing
+            return
         console.print(f"prism train: method [bold]{cfg.method.id}[/], backbone {cfg.backbone.id} "
                       f"({cfg.backbone.model}), benchmark {cfg.benchmark.id}, output {resolved.output_dir}")
         reporter = RichReporter(console)

@@ -112,7 +112,9 @@ class TaskFitter(FitHandle):
         if cfg.gradient_checkpointing:
             # non-reentrant checkpointing needs no input that requires grad (the base is frozen)
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model, optimizer, scheduler = self.accelerator.prepare(self.model, optimizer, scheduler)
+        # the scheduler stays ours: accelerate would step it once per process, since its
+        # batches are per device; prism's step already means one global batch
+        model, optimizer = self.accelerator.prepare(self.model, optimizer)
         model.train()
         started = time.perf_counter()
         metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
@@ -120,18 +122,20 @@ class TaskFitter(FitHandle):
         try:
             with deferred_interrupt() as interrupt:
                 for step in range(result.steps, steps):
-                    if interrupt.requested:
+                    if self._any_rank(interrupt.requested):
                         if checkpointer is not None:
                             checkpointer.save(self._state(result, steps, named, optimizer, scheduler, stream))
                         raise Interrupted(f"training interrupted in task {task.name!r} after step {step}/{steps}",
                                           hint="run the same `prism train` again to continue from this step")
                     optimizer.zero_grad(set_to_none=True)
                     step_loss = 0.0
-                    for _ in range(accumulation):
-                        batch = stream.next().to(self.device)
+                    micro_batches = [stream.next() for _ in range(accumulation)]
+                    weights = self._token_weights(micro_batches)
+                    for batch, weight in zip(micro_batches, weights):
+                        batch = batch.to(self.device)
                         self.method.before_forward(batch, training=True)
                         outputs = model(**batch.model_inputs())
-                        loss = self.method.loss(task, batch, outputs) / accumulation
+                        loss = self.method.loss(task, batch, outputs) * weight
                         self.accelerator.backward(loss)
                         step_loss += float(loss.detach())
                         result.samples += len(batch.records) * world
@@ -170,7 +174,40 @@ class TaskFitter(FitHandle):
         return FitState(step=result.steps, steps=steps, samples=result.samples, losses=list(result.losses),
                         trainable={n: p.detach().clone() for n, p in named.items()},
                         optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        data=stream.state(), rng=capture_rng())
+                        data=stream.state(), rng=self._rng_of_every_rank())
+
+    def _token_weights(self, micro_batches: list[Batch]) -> list[float]:
+        """Loss weights making a step the mean over every answer token of the global batch.
+
+        Each micro-batch's loss is a mean over its own tokens; weighting it by its share of
+        the step's tokens (times the number of processes, which DDP averages over) gives the
+        same gradient however the global batch is split into processes and accumulation
+        steps. With equal token counts the weight is 1 / accumulation.
+        """
+        counts = [int((b.labels[:, 1:] != -100).sum()) for b in micro_batches]
+        total = float(sum(counts))
+        world = self.accelerator.num_processes
+        if world > 1:
+            total = float(self.accelerator.reduce(torch.tensor([total], device=self.device), reduction="sum").item())
+        if total == 0:
+            return [1.0 / len(micro_batches)] * len(micro_batches)
+        return [n * world / total for n in counts]
+
+    def _any_rank(self, flag: bool) -> bool:
+        """True on every rank when it is true on one (all ranks must stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return flag
+        total = self.accelerator.reduce(torch.tensor([float(flag)], device=self.device), reduction="sum")
+        return bool(total.item() > 0)
+
+    def _rng_of_every_rank(self) -> list[Any]:
+        """Each rank's RNG state (dropout differs per rank), gathered so rank 0 can save them all."""
+        state = capture_rng()
+        if self.accelerator.num_processes == 1:
+            return [state]
+        from accelerate.utils import gather_object
+
+        return gather_object([state])
 
     def _restore(self, state: FitState, named: dict[str, torch.nn.Parameter], optimizer: Any, scheduler: Any,
                  stream: DataStream, steps: int, result: FitResult) -> None:
@@ -185,7 +222,11 @@ class TaskFitter(FitHandle):
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
         stream.restore(*state.data)
-        restore_rng(*state.rng)
+        if len(state.rng) != self.accelerator.num_processes:
+            raise CheckpointError(f"the step checkpoint holds {len(state.rng)} RNG states, this run has "
+                                  f"{self.accelerator.num_processes} processes",
+                                  hint="resume with the same number of processes, or pass --restart")
+        restore_rng(*state.rng[self.accelerator.process_index])
         result.steps, result.samples, result.losses = state.step, state.samples, list(state.losses)
 
     def _param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ command and environment are written next to the run's results.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 from prism.errors import ConfigError
 
 LAUNCH_FILE = "launch.json"
+ARGV_ENV = "PRISM_WORKER_ARGV"
 #: environment variables worth recording with a run (the rest of the environment is not)
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR", "MASTER_PORT",
                 "NCCL_DEBUG", "PRISM_LOAD_PLUGINS", "PRISM_DISABLED_PLUGINS")
@@ -49,10 +51,27 @@ def launch_command(distributed: Any, argv: list[str], project_dir: Path,
     if distributed.gpus:
         env["CUDA_VISIBLE_DEVICES"] = distributed.gpus
     port = distributed.master_port or free_port()
+    # the arguments travel in the environment: torchrun's own parser would take prism's
+    # options (-m, --nproc, ...) for its own
+    env[ARGV_ENV] = json.dumps(list(argv))
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
                f"--nproc_per_node={distributed.processes}", f"--master_port={port}",
-               "-m", "prism", *argv]
+               "-m", "prism.engine.launch"]
     return command, env
+
+
+def is_main_process(env: Mapping[str, str] | None = None) -> bool:
+    """Rank 0 (or no launcher at all): the process that prints and writes."""
+    env = os.environ if env is None else env
+    return env.get("RANK", "0") == "0"
+
+
+def record_dir(resolved: Any) -> Path:
+    """Where the launch record goes: the run's results folder."""
+    from prism.checkpoint.layout import RunLayout
+
+    cfg = resolved.config
+    return RunLayout(resolved.output_dir, cfg.benchmark.id, cfg.method.id, cfg.backbone.id).results_dir
 
 
 def free_port() -> int:
@@ -67,7 +86,8 @@ def relaunch(distributed: Any, argv: list[str], project_dir: Path, record_dir: P
 
     command, env = launch_command(distributed, argv, project_dir)
     write_json_atomic(record_dir / LAUNCH_FILE, {
-        "command": command, "environment": {k: env[k] for k in RECORDED_ENV if k in env},
+        "command": command, "arguments": list(argv),
+        "environment": {k: env[k] for k in RECORDED_ENV if k in env},
         "processes": distributed.processes, "backend": distributed.backend,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
@@ -82,3 +102,14 @@ def relaunch(distributed: Any, argv: list[str], project_dir: Path, record_dir: P
 def _exit_code(code: int) -> int:
     """torchrun reports a worker's failure as 1; a signal as a negative number."""
     return 128 - code if code < 0 else code
+
+
+def worker_main() -> None:
+    """What each process torchrun starts runs: `prism <the original arguments>`."""
+    from prism.cli.app import main
+
+    main(json.loads(os.environ[ARGV_ENV]))
+
+
+if __name__ == "__main__":
+    worker_main()

@@ -108,24 +108,34 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     set_seed(cfg.project.seed)
     layout = plan.layout
     fingerprint = run_fingerprint(resolved)
-    store.recover_interrupted(layout.checkpoints_dir)
-
+    # first, so that under torchrun the process group exists; only rank 0 writes files
+    _check_train_precision(resolved)
     method = build_method(plan)
     joint = bool(method.joint)
+    accelerator = _accelerator(cfg, layout, unused_parameters=bool(method.unused_parameters))
+    main = accelerator.is_main_process
+    if not main:
+        reporter = Reporter()
+    if main:
+        store.recover_interrupted(layout.checkpoints_dir)
+        if restart:
+            _clear_run(layout)
+        root = plan.benchmark.prepare()
+    accelerator.wait_for_everyone()
+    if not main:
+        root = plan.benchmark.prepare()  # the data rank 0 made ready
     prefix = 0 if restart else _finished_prefix(plan, fingerprint, joint=joint)
-    if restart:
-        _clear_run(layout)
-    root = plan.benchmark.prepare()
     backbone = load_backbone(plan)
     method.attach(backbone)
 
-    layout.results_dir.mkdir(parents=True, exist_ok=True)
-    resolved.save(layout.results_dir)
-    _write_json(layout.results_dir / "run.json", {
-        "fingerprint": fingerprint, "environment": environment_facts(),
-        "global_batch_size": cfg.train.global_batch_size, "tasks": [t.name for t in plan.sequence],
-        "task_indices": plan.indices, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    })
+    if main:
+        layout.results_dir.mkdir(parents=True, exist_ok=True)
+        resolved.save(layout.results_dir)
+        _write_json(layout.results_dir / "run.json", {
+            "fingerprint": fingerprint, "environment": environment_facts(accelerator.num_processes),
+            "global_batch_size": cfg.train.global_batch_size, "tasks": [t.name for t in plan.sequence],
+            "task_indices": plan.indices, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        })
     matrix = _load_or_new_matrix(layout, plan)
     outcome = TrainOutcome(layout=layout, matrix=matrix, summary={})
 
@@ -136,10 +146,10 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             name = plan.sequence[position].name
             outcome.skipped.append(name)
             reporter.task_skipped(name, f"checkpoint {layout.checkpoint_name(plan.indices[position])} is complete")
-        if not matrix.row_complete(prefix - 1) and cfg.train.eval_after_each_task:
+        if main and not matrix.row_complete(prefix - 1) and cfg.train.eval_after_each_task:
             evaluate_row(plan, backbone, method, root, prefix - 1, matrix, reporter)
+        accelerator.wait_for_everyone()
 
-    accelerator = _accelerator(cfg, layout)
     step_offset = _steps_done(plan, prefix)
     last = len(plan.sequence) - 1
     # joint (the multi-task upper bound) trains once, on every task's data, as the last step
@@ -176,29 +186,44 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             steps_done = result.steps
             step_offset += steps_done
         method.end_task(task, fitter if fitter is not None else _NoFit(backbone))
-        save_checkpoint(plan, method, backbone, position, fingerprint, steps=steps_done)
-        checkpointer.clear()
+        if main:
+            save_checkpoint(plan, method, backbone, position, fingerprint, steps=steps_done)
+            checkpointer.clear()
         outcome.trained.append(spec.name)
-        if cfg.train.eval_after_each_task:
+        if main and cfg.train.eval_after_each_task:
+            # evaluation runs on rank 0 while the other ranks wait (greedy decoding of test sets)
             evaluate_row(plan, backbone, method, root, position, matrix, reporter)
+        accelerator.wait_for_everyone()
 
-    outcome.summary = _write_summary(layout, matrix, joint=joint)
+    outcome.summary = _write_summary(layout, matrix, joint=joint) if main else summarize(matrix, joint=joint)
     accelerator.end_training()
     return outcome
 
 
 # -- pieces -----------------------------------------------------------------------------
-def _accelerator(cfg: Any, layout: RunLayout) -> Any:
+def _check_train_precision(resolved: Any) -> None:
+    from prism.backbones.precision import check_precision, compute_device
+    from prism.engine.session import precision_for
+
+    mode, key = precision_for(resolved, "train")
+    check_precision(mode, compute_device(), key)
+
+
+def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False) -> Any:
     import torch
     from accelerate import Accelerator
 
     from prism.backbones.precision import compute_device, mixed_precision
 
-    # the mode was checked against this machine when the backbone loaded (session.load_backbone)
     mixed = mixed_precision(cfg.backbone.train_precision, compute_device())
+    from accelerate.utils import DistributedDataParallelKwargs
+
     trackers = report_to(cfg.train.report_to)
+    # methods with routers or per-task slots may leave trainable parameters out of a step
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
-                              log_with=trackers or None, project_dir=str(layout.results_dir))
+                              log_with=trackers or None, project_dir=str(layout.results_dir),
+                              kwargs_handlers=[ddp])
     if trackers:
         accelerator.init_trackers(cfg.project.name, config={"method": cfg.method.id, "benchmark": cfg.benchmark.id,
                                                             "seed": cfg.project.seed})

@@ -38,7 +38,7 @@ class FitState:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     scheduler: dict[str, Any]  # torch LR scheduler state_dict (plain data)
     data: tuple[torch.Tensor, dict[str, Any]]  # DataStream.state()
-    rng: tuple[dict[str, torch.Tensor], dict[str, Any]]  # seeding.capture_rng()
+    rng: list[tuple[dict[str, torch.Tensor], dict[str, Any]]]  # seeding.capture_rng() of each rank
     info: dict[str, Any] = field(default_factory=dict)  # who wrote it: task, fingerprint, ...
 
 
@@ -49,8 +49,10 @@ def save_step_checkpoint(folder: Path, state: FitState) -> Path:
     tensors: dict[str, torch.Tensor] = {f"trainable.{k}": v for k, v in state.trainable.items()}
     opt_tensors, opt_meta = _split_optimizer(state.optimizer)
     tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
-    rng_tensors, rng_meta = state.rng
-    tensors.update({f"rng.{k}": v for k, v in rng_tensors.items()})
+    rng_meta = []
+    for rank, (rng_tensors, meta) in enumerate(state.rng):
+        tensors.update({f"rng.{rank}.{k}": v for k, v in rng_tensors.items()})
+        rng_meta.append(meta)
     data_tensor, data_meta = state.data
     tensors["data.generator"] = data_tensor
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -91,7 +93,8 @@ def load_step_checkpoint(folder: Path) -> FitState | None:
         losses=[float(x) for x in progress["losses"]], trainable=group("trainable."),
         optimizer=_join_optimizer(group("optimizer."), progress["optimizer"]),
         scheduler=progress["scheduler"], data=(tensors["data.generator"], progress["data"]),
-        rng=(group("rng."), progress["rng"]), info=progress.get("info", {}),
+        rng=[(group(f"rng.{rank}."), meta) for rank, meta in enumerate(progress["rng"])],
+        info=progress.get("info", {}),
     )
 
 

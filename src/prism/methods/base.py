@@ -115,6 +115,9 @@ class Method:
     trains: ClassVar[bool] = True
     #: True for the multi-task upper bound: the engine trains once on the union of tasks.
     joint: ClassVar[bool] = False
+    #: True when a training step may leave some trainable parameters unused (top-k routers,
+    #: per-task slots switched off): DDP must then look for them (costs a graph traversal).
+    unused_parameters: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, run: RunInfo):
         self.params = params
