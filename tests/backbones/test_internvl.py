@@ -507,3 +507,20 @@ def test_original_internvl_chat_release_loads_and_matches_the_original_computati
         embeds[is_image] = features
         reference = original_chat.llama(inputs_embeds=embeds[None]).logits[0]
     assert torch.allclose(logits[:, :original_chat.vocab], reference, atol=1e-4, rtol=0)
+
+
+def test_cli_trains_and_generates_with_an_original_internvl_chat_release(original_chat, project):
+    """The release layout (flat Llama config + mm_* keys, InternViT tower folder) through `prism train`."""
+    sets = ["train.max_steps=2", "train.global_batch_size=4", "benchmark.max_train_samples=8",
+            "benchmark.max_test_samples=2", "infer.batch_size=4", "backbone.id=internvl",
+            f"backbone.model={json.dumps(str(original_chat.ckpt))}"]
+    args = ["train", "--tasks", "0", "--json"]
+    for item in sets:
+        args += ["--set", item]
+    result = run_cli(args, cwd=project)
+    assert result.code == 0, result
+    assert json.loads(result.stdout)["tasks"] == ["colour"]
+    checkpoint = project / "outputs/checkpoints/synthetic/ft_lora/Task0_internvl"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    rows = (project / "outputs/predictions/synthetic/ft_lora/Task0_internvl/colour.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and all("text" in json.loads(row) for row in rows)

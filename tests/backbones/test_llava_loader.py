@@ -154,3 +154,20 @@ def test_loaded_model_runs_the_processor_path(tiny):
     with torch.no_grad():
         logits = tiny.model(**inputs).logits
     assert logits.shape[-1] == len(tiny.tokenizer)
+
+
+def test_auto_attention_takes_flash_attention_where_it_can_run(monkeypatch):
+    import importlib.util
+
+    from prism.backbones.llava import attn_implementation
+
+    assert attn_implementation("auto", "cpu", "bf16") == "sdpa"  # this machine: no CUDA
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "flash_attn" else real_find_spec(name, *a))
+    assert attn_implementation("auto", "cpu", "bf16") == "flash_attention_2"
+    assert attn_implementation("flash_attention_2", "cpu", "4bit") == "flash_attention_2"
+    assert attn_implementation("auto", "cpu", "fp32") == "sdpa"  # flash-attn computes in half precision
+    with pytest.raises(ConfigError, match="half-precision"):
+        attn_implementation("flash_attention_2", "cpu", "fp32")

@@ -29,7 +29,7 @@ def test_show_llava_json(tmp_path):
     if ON_CPU:
         assert precisions["fp16"]["available"] is False and precisions["fp16"]["reason"] == "needs a CUDA GPU"
         assert info["attention"]["flash_attention_2"]["available"] is False
-        assert "flash-attn" in info["attention"]["flash_attention_2"]["reason"]
+        assert "CUDA" in info["attention"]["flash_attention_2"]["reason"]
     for mode in ("8bit", "4bit"):
         entry = precisions[mode]
         assert entry["available"] or "prism-mcit[quant]" in entry["reason"]
@@ -66,5 +66,7 @@ def test_attention_availability_on_a_gpu_name_without_flash_attn(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "flash_attn" else real(name, *a))
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     found = available_attention("cuda:0")
     assert found["sdpa"] is None and "flash-attn" in found["flash_attention_2"]

@@ -99,3 +99,22 @@ def test_data_stream_resumes_exactly():
     assert [again.next() for _ in range(12)] == expected
     with pytest.raises(ConfigError, match="micro batch 4 on 1"):
         DataStream(_Numbers(30), 2, seed=1).restore(*state)
+
+
+def test_projector_gets_its_own_learning_rate_when_set():
+    from types import SimpleNamespace
+
+    from prism.engine.fit import TaskFitter
+
+    model = torch.nn.Module()
+    model.multi_modal_projector = torch.nn.Linear(2, 2)
+    model.lora = torch.nn.Linear(2, 2)
+    params = list(model.parameters())
+    accelerator = SimpleNamespace(device="cpu")
+    fitter = TaskFitter(model=model, method=None, dataset=None, seed=0, accelerator=accelerator,
+                        train_cfg=SimpleNamespace(projector_lr=None))
+    assert fitter._param_groups(params) == [{"params": params}]
+    fitter.cfg = SimpleNamespace(projector_lr=1e-5)
+    groups = fitter._param_groups(params)
+    assert groups[0]["params"] == list(model.lora.parameters()) and "lr" not in groups[0]
+    assert groups[1]["params"] == list(model.multi_modal_projector.parameters()) and groups[1]["lr"] == 1e-5

@@ -16,14 +16,12 @@ from prism.backbones.base import TARGET_PRESETS
 from prism.backbones.llava import ATTN_CHOICES, BUILTIN_PREFIX, assets_dir
 from prism.backbones.precision import DESCRIPTIONS, available_precisions, compute_device
 
-FLASH_ATTN_MISSING = "needs a CUDA GPU and the flash-attn package (pip install flash-attn --no-build-isolation)"
-
-
 def available_attention(device: Any) -> dict[str, str | None]:
     """Every ``[backbone] attn`` value → None when usable on ``device``, else why not
     ("auto" → None too; :func:`auto_attention` says what it picks)."""
-    cuda = "cuda" in str(device)
-    flash = None if cuda and importlib.util.find_spec("flash_attn") is not None else FLASH_ATTN_MISSING
+    from prism.backbones.llava import flash_attention_usable
+
+    flash = flash_attention_usable("bf16")
     return {name: (flash if name == "flash_attention_2" else None) for name in ATTN_CHOICES}
 
 
@@ -31,7 +29,7 @@ def auto_attention(device: Any) -> str:
     """What ``attn = "auto"`` becomes on ``device``."""
     from prism.backbones.llava import attn_implementation
 
-    return attn_implementation("auto", device)
+    return attn_implementation("auto", device, "bf16")
 
 
 def builtin_models() -> list[dict[str, str]]:

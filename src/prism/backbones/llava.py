@@ -93,17 +93,36 @@ def quiet_transformers() -> Iterator[None]:
             enable_progress_bars()
 
 
-def attn_implementation(attn: str, device: Any) -> str:
-    """Map ``[backbone] attn`` to transformers' ``attn_implementation``."""
+def flash_attention_usable(precision: str = "bf16") -> str | None:
+    """None when flash_attention_2 can run here, else why not (it needs CUDA, the flash-attn
+    package and half-precision compute)."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "needs the flash-attn package (pip install flash-attn --no-build-isolation)"
+    if precision == "fp32":
+        return "needs half-precision compute (train_precision bf16, fp16, 8bit or 4bit)"
+    return None
+
+
+def attn_implementation(attn: str, device: Any = None, precision: str = "bf16") -> str:
+    """Map ``[backbone] attn`` to transformers' ``attn_implementation``.
+
+    ``auto`` takes flash_attention_2 where it can run and sdpa elsewhere. The check is on
+    the machine, not on ``device``: training models load on the CPU and move to their GPU later.
+    """
     if attn not in ATTN_CHOICES:
         raise ConfigError(f"[backbone] attn = {attn!r}: expected one of {', '.join(ATTN_CHOICES)}")
     if attn == "auto":
-        return "sdpa"
+        return "sdpa" if flash_attention_usable(precision) else "flash_attention_2"
     if attn == "flash_attention_2":
-        import importlib.util
-
-        if "cuda" not in str(device) or importlib.util.find_spec("flash_attn") is None:
-            raise ConfigError("[backbone] attn = \"flash_attention_2\" needs a CUDA GPU and the flash-attn package",
+        reason = flash_attention_usable(precision)
+        if reason:
+            raise ConfigError(f"[backbone] attn = \"flash_attention_2\" {reason}",
                               hint="use attn = \"sdpa\" (or \"auto\") on this machine")
     return attn
 
@@ -223,7 +242,8 @@ class LlavaBackbone(Backbone):
         from prism.backbones.llava_original import convert_if_original
 
         folder = resolve_model_path(config.model)
-        attn = attn_implementation(getattr(config, "attn", "auto"), device)
+        attn = attn_implementation(getattr(config, "attn", "auto"), device,
+                                   getattr(config, "train_precision", "fp32"))
         original = convert_if_original(config, folder, attn)  # the original LLaVA-1.5 release format
         model_config = original.model.config if original else _model_config(config, folder)
         if getattr(model_config, "model_type", None) != "llava":

@@ -66,17 +66,17 @@ def load_backbone(plan: RunPlan, device: Any = None, *, purpose: str = "train") 
     check_precision(mode, compute_device(), key)
     if device is None:
         device = compute_device() if purpose == "infer" else load_device(mode)
-    backbone_cfg = cfg.backbone
-    model = Path(backbone_cfg.model).expanduser()
-    local = plan.resolved.project_dir / model
-    if not backbone_cfg.model.startswith("builtin:") and not model.is_absolute() and local.exists():
-        backbone_cfg = backbone_cfg.model_copy(update={"model": str(local)})  # relative to prism.toml
-    # every backbone reads train_precision, so the mode travels in the config (plugins included)
-    backbone_cfg = backbone_cfg.model_copy(update={"train_precision": mode})
+    project_dir = plan.resolved.project_dir
+    # paths in prism.toml are relative to its folder; every backbone reads train_precision,
+    # so the mode travels in the config (plugins included)
+    backbone_cfg = cfg.backbone.model_copy(update={
+        "model": _project_path(cfg.backbone.model, project_dir),
+        "vision_tower": _project_path(cfg.backbone.vision_tower, project_dir),
+        "train_precision": mode})
     backbone_cls = registry("backbone", plan.resolved.project_dir).load(cfg.backbone.id)
     loaded = backbone_cls().load(backbone_cfg, device=device)
     loaded.extra["precision"] = mode
-    loaded.extra["routing_tower"] = _project_path(backbone_cfg.routing_tower, plan.resolved.project_dir)
+    loaded.extra["routing_tower"] = _project_path(backbone_cfg.routing_tower, project_dir)
     return loaded
 
 
