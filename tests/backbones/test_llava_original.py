@@ -456,7 +456,7 @@ def test_an_intern_vit_tower_plugs_in_through_the_dispatch(original, monkeypatch
     import sys
     import types
 
-    from prism.backbones.llava_original import load_clip_tower, tower_loaders
+    from prism.backbones.vision_towers import load_clip_tower, tower_loaders
 
     monkeypatch.setitem(sys.modules, "prism.backbones.intern_vit", None)
     assert [kind for kind, _, _ in tower_loaders()] == ["clip"]

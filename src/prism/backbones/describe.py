@@ -6,7 +6,6 @@ installed packages; no model is loaded.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import json
 from pathlib import Path

@@ -235,7 +235,6 @@ class LlavaBackbone(Backbone):
     )
 
     def load(self, config: Any, *, device: Any = "cpu", precision: str | None = None) -> LoadedBackbone:
-        import torch
         from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
         from transformers import LlavaForConditionalGeneration
 
