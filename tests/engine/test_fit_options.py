@@ -118,3 +118,12 @@ def test_projector_gets_its_own_learning_rate_when_set():
     groups = fitter._param_groups(params)
     assert groups[0]["params"] == list(model.lora.parameters()) and "lr" not in groups[0]
     assert groups[1]["params"] == list(model.multi_modal_projector.parameters()) and groups[1]["lr"] == 1e-5
+
+
+def test_per_task_override_changes_that_task_only(project):
+    outcome = train(resolve(project, "benchmark.tasks='0-1'", "train.eval_after_each_task=false",
+                            'train.overrides = { shape_mc = { max_steps = 3, global_batch_size = 4 } }'))
+    rows = [json.loads(line) for line in (outcome.layout.results_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["task"] == "colour"] == list(range(1, 7))
+    shape = [r for r in rows if r["task"] == "shape_mc"]
+    assert [r["step"] for r in shape] == [1, 2, 3] and shape[-1]["samples"] == 12

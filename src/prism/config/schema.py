@@ -78,6 +78,43 @@ class BackboneConfig(_Table):
     )
 
 
+def per_task_tables(value: Any, model: type[BaseModel], example: str) -> dict[str, Any] | None:
+    """Validate a ``{task name: table}`` setting entry by entry so messages name the task and key.
+
+    The loader can only point at such a setting as a whole (a dict of models is
+    not a table it can walk), so the task name must be in the text.
+    """
+    if value is None or value == {}:
+        return None  # "not set", like the other optional keys
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of task tables, e.g. {example}")
+    known = list(model.model_fields)
+    problems: list[str] = []
+    checked: dict[str, Any] = {}
+    for task, table in value.items():
+        if isinstance(table, model):
+            checked[task] = table
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"overrides.{task}: expected a table of {', '.join(known)}")
+            continue
+        unknown = [key for key in table if key not in known]
+        for key in unknown:
+            problems.append(f"overrides.{task}: unknown key {key!r}{did_you_mean(key, known)}; "
+                            f"allowed: {', '.join(known)}")
+        if unknown:
+            continue
+        try:
+            checked[task] = model.model_validate(table)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = ".".join(str(part) for part in error["loc"])
+                problems.append(f"overrides.{task}.{where}: {error['msg']} (got {error.get('input')!r})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return checked
+
+
 class TaskOverride(_Table):
     """[benchmark.overrides."<task>"]: replace what the benchmark found for one task.
 
@@ -117,40 +154,7 @@ class BenchmarkConfig(_Table):
     @field_validator("overrides", mode="before")
     @classmethod
     def _overrides_shape(cls, value: Any) -> Any:
-        """Validate ``overrides`` entry by entry so messages name the task and key.
-
-        The loader can only point at ``[benchmark] overrides`` as a whole (a dict of
-        models is not a table it can walk), so the task name must be in the text.
-        """
-        if value is None or value == {}:
-            return None  # "not set", like the other optional keys
-        if not isinstance(value, dict):
-            raise ValueError('expected a table of task tables, e.g. [benchmark.overrides."ImageNet-R"]')
-        known = list(TaskOverride.model_fields)
-        problems: list[str] = []
-        checked: dict[str, Any] = {}
-        for task, table in value.items():
-            if isinstance(table, TaskOverride):
-                checked[task] = table
-                continue
-            if not isinstance(table, dict):
-                problems.append(f"overrides.{task}: expected a table of {', '.join(known)}")
-                continue
-            unknown = [key for key in table if key not in known]
-            for key in unknown:
-                problems.append(f"overrides.{task}: unknown key {key!r}{did_you_mean(key, known)}; "
-                                f"allowed: {', '.join(known)}")
-            if unknown:
-                continue
-            try:
-                checked[task] = TaskOverride.model_validate(table)
-            except ValidationError as exc:
-                for error in exc.errors():
-                    where = ".".join(str(part) for part in error["loc"])
-                    problems.append(f"overrides.{task}.{where}: {error['msg']} (got {error.get('input')!r})")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return checked
+        return per_task_tables(value, TaskOverride, '[benchmark.overrides."ImageNet-R"]')
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -190,6 +194,19 @@ class MethodConfig(BaseModel):
         return dict((self.model_extra or {}).get(method_id, {}))
 
 
+class TrainOverride(_Table):
+    """[train.overrides."<task>"]: optimisation settings for one task (PRISM's per-task batch sizes)."""
+
+    lr: float | None = Field(None, gt=0, description="peak learning rate for this task")
+    epochs: float | None = Field(None, gt=0, description="epochs for this task")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps for this task")
+    global_batch_size: int | None = Field(None, ge=1, description="samples per optimizer step for this task")
+    micro_batch_size: int | None = Field(None, ge=1, description="samples per forward pass for this task")
+    warmup_ratio: float | None = Field(None, ge=0, lt=1, description="warm-up fraction for this task")
+    weight_decay: float | None = Field(None, ge=0, description="AdamW weight decay for this task")
+    projector_lr: float | None = Field(None, gt=0, description="projector learning rate for this task")
+
+
 class TrainConfig(_Table):
     """[train]: optimisation, per task."""
 
@@ -216,6 +233,27 @@ class TrainConfig(_Table):
         default_factory=list, description="trackers fed through accelerate (tensorboard, wandb, ...)",
     )
     eval_after_each_task: bool = Field(True, description="fill the accuracy matrix row by row")
+
+    overrides: dict[str, TrainOverride] | None = Field(
+        None, description="per-task lr, epochs, max_steps, batch sizes, warm-up, weight decay, projector lr",
+    )
+
+    @field_validator("overrides", mode="before")
+    @classmethod
+    def _overrides_shape(cls, value: Any) -> Any:
+        return per_task_tables(value, TrainOverride, '[train.overrides."ImageNet-R"]')
+
+    def for_task(self, name: str) -> "TrainConfig":
+        """These settings with the task's overrides applied (the task name as in the benchmark)."""
+        override = (self.overrides or {}).get(name)
+        if override is None:
+            return self
+        changes = {k: v for k, v in override.model_dump().items() if v is not None}
+        try:
+            return TrainConfig.model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            message = "; ".join(str(e["msg"]) for e in exc.errors())
+            raise ConfigError(f'[train.overrides."{name}"]: {message}') from None
 
     @model_validator(mode="after")
     def _micro_fits_global(self) -> "TrainConfig":

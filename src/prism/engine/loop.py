@@ -175,7 +175,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             records = method.training_records(task, records)
             dataset = TaskDataset(records, backbone=backbone, root=root,
                                   specs={t.name: t for t in plan.all_tasks})
-            fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train,
+            fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train if joint else cfg.train.for_task(spec.name),
                                 seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
                                 log_path=layout.results_dir / METRICS_FILE,
                                 tasks_in_step=len(sources), step_offset=step_offset)

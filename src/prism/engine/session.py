@@ -39,7 +39,15 @@ def plan_run(resolved: Any) -> RunPlan:
     benchmark_cls = registry("benchmark", project_dir).load(cfg.benchmark.id)
     benchmark = benchmark_cls(cfg.benchmark, project_dir)
     tasks = benchmark.task_specs()
-    indices = task_selection(cfg.benchmark.tasks, [t.name for t in tasks])
+    names = [t.name for t in tasks]
+    indices = task_selection(cfg.benchmark.tasks, names)
+    for name in cfg.train.overrides or {}:
+        if name not in names:
+            from prism.errors import ConfigError
+            from prism.registry import did_you_mean
+
+            raise ConfigError(f'[train.overrides."{name}"]: benchmark {cfg.benchmark.id!r} has no task {name!r}'
+                              f"{did_you_mean(name, names)}", hint="tasks: " + ", ".join(names))
     layout = RunLayout(resolved.output_dir, cfg.benchmark.id, cfg.method.id, cfg.backbone.id)
     return RunPlan(resolved=resolved, benchmark=benchmark, all_tasks=tasks, indices=indices, layout=layout)
 
