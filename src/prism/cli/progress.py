@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +20,7 @@ class RichReporter(Reporter):
             console=self.console, transient=True,
         )
         self._task: Any = None
+        self._first: tuple[int, float] | None = None
         self._started = False
 
     def _ensure(self) -> None:
@@ -34,10 +36,17 @@ class RichReporter(Reporter):
     def task_started(self, position: int, total: int, name: str, steps: int) -> None:
         self._ensure()
         self._task = self.progress.add_task(f"train [{position + 1}/{total}] {name}", total=steps, info="")
+        self._first: tuple[int, float] | None = None  # (step, time) of the first step this process ran
 
     def step(self, step: int, steps: int, loss: float) -> None:
-        if self._task is not None:
-            self.progress.update(self._task, completed=step, info=f"loss {loss:.4f}")
+        if self._task is None:
+            return
+        now = time.perf_counter()
+        if self._first is None:
+            self._first = (step, now)
+        done, since = step - self._first[0], now - self._first[1]
+        rate = f" · {done / since:.1f} steps/s" if done and since > 0 else ""
+        self.progress.update(self._task, completed=step, info=f"loss {loss:.4f}{rate}")
 
     def task_finished(self, name: str, fit: Any) -> None:
         if self._task is not None:
