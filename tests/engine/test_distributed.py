@@ -4,19 +4,11 @@ rank 0 writes the same layout as a single-process run, and the result matches it
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, run_cli
-
 pytestmark = pytest.mark.slow
-
-RUN = ["--tasks", "0-1", "--method", "ewc", "--set", "train.max_steps=6", "--set", "train.global_batch_size=8",
-       "--set", "benchmark.max_train_samples=48", "--set", "benchmark.max_test_samples=4",
-       "--set", "method.ewc.dropout=0.0", "--set", "method.ewc.lambda_ewc=1e6",
-       "--set", "method.ewc.fisher_batches=4"]
 
 
 def _files(folder):
@@ -24,17 +16,9 @@ def _files(folder):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, synthetic_data):
-    out = {}
-    for name, extra in (("single", []), ("ddp", ["--nproc", "2"])):
-        project = tmp_path_factory.mktemp(name)
-        shutil.copy(REPO / "prism.toml", project / "prism.toml")
-        (project / "data").mkdir()
-        (project / "data" / "synthetic").symlink_to(synthetic_data, target_is_directory=True)
-        result = run_cli(["train", *RUN, *extra], cwd=project, env={"OMP_NUM_THREADS": "1"})
-        assert result.code == 0, result
-        out[name] = (project, result)
-    return out
+def runs(ewc_run):
+    """The single-process run is shared with the DeepSpeed tests (tests/engine/conftest.py)."""
+    return {"single": ewc_run("single"), "ddp": ewc_run("ddp", "--nproc", "2")}
 
 
 def test_two_processes_write_the_single_process_layout(runs):

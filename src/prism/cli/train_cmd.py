@@ -65,10 +65,11 @@ def register(app: typer.Typer) -> None:
         console = stderr_console()
         cfg = resolved.config
         if launch.should_relaunch(cfg.distributed):
-            console.print(f"prism train: relaunching on {cfg.distributed.processes} processes "
+            console.print(f"prism train: relaunching on {cfg.distributed.processes} "
+                          f"process{'es' if cfg.distributed.processes > 1 else ''} "
                           f"({cfg.distributed.backend}) under torchrun")
             raise typer.Exit(launch.relaunch(cfg.distributed, INVOCATION, resolved.project_dir,
-                                             launch.record_dir(resolved)))
+                                             launch.record_dir(resolved), sources=resolved.sources))
         if not launch.is_main_process():
             run_training(resolved, restart=restart)  # rank > 0: trains its shard, prints nothing
             return

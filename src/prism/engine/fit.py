@@ -1,7 +1,10 @@
 """The step loop for one task, on HF accelerate.
 
-accelerate owns devices, mixed precision and (later) DDP/DeepSpeed wrapping;
-prism only decides what a step is: the method's loss on a batch of the task.
+accelerate owns devices, mixed precision and DDP/DeepSpeed wrapping; prism only
+decides what a step is: the method's loss on a batch of the task. Under DeepSpeed
+(``prism.engine.zero``) the same loop drives the engine: the loss is computed
+inside the engine's forward and ``accelerator.backward`` steps it at the end of
+prism's accumulation.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ class TaskFitter(FitHandle):
 
     def __init__(self, *, model: Any, method: Method, dataset: Any, train_cfg: Any, seed: int,
                  accelerator: Any, log_path: Path | None = None, tasks_in_step: int = 1,
-                 step_offset: int = 0):
+                 step_offset: int = 0, deepspeed: Any = None):
         self.model = model
         self.method = method
         self.dataset = dataset
@@ -73,6 +76,8 @@ class TaskFitter(FitHandle):
         self.tasks_in_step = tasks_in_step
         #: optimizer steps taken by earlier tasks of the run (a rising step axis for trackers)
         self.step_offset = step_offset
+        #: prism.engine.zero.DeepSpeedRun when [distributed] backend = "deepspeed", else None
+        self.deepspeed = deepspeed
 
     # -- FitHandle -------------------------------------------------------------
     def batches(self, limit: int | None = None, batch_size: int | None = None) -> Iterator[Batch]:
@@ -114,7 +119,16 @@ class TaskFitter(FitHandle):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # the scheduler stays ours: accelerate would step it once per process, since its
         # batches are per device; prism's step already means one global batch
-        model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        ds = self.deepspeed
+        if ds is None:
+            model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        else:
+            ds.configure(self.model, micro_batch=micro, accumulation=accumulation, max_grad_norm=cfg.max_grad_norm)
+            ds.before_prepare()
+            model, optimizer = self.accelerator.prepare(ds.loss_module(self.model, self.method, task), optimizer)
+            if resume is not None:
+                ds.restore(named, resume.trainable, optimizer, resume.optimizer)
+                restore_rng(*resume.rng[self.accelerator.process_index])
         model.train()
         started = time.perf_counter()
         metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
@@ -131,18 +145,28 @@ class TaskFitter(FitHandle):
                     step_loss = 0.0
                     micro_batches = [stream.next() for _ in range(accumulation)]
                     weights = self._token_weights(micro_batches)
-                    for batch, weight in zip(micro_batches, weights):
+                    for position, (batch, weight) in enumerate(zip(micro_batches, weights)):
                         batch = batch.to(self.device)
-                        self.method.before_forward(batch, training=True)
-                        outputs = model(**batch.model_inputs())
-                        loss = self.method.loss(task, batch, outputs) * weight
-                        self.accelerator.backward(loss)
+                        if ds is None:
+                            self.method.before_forward(batch, training=True)
+                            outputs = model(**batch.model_inputs())
+                            loss = self.method.loss(task, batch, outputs) * weight
+                            self.accelerator.backward(loss)
+                        else:
+                            loss = model(batch) * weight
+                            # the engine steps after the step's last micro-batch; the token weights
+                            # already divide by the accumulation, so DeepSpeed must not again
+                            self.accelerator.sync_gradients = position == len(micro_batches) - 1
+                            self.accelerator.backward(loss, scale_wrt_gas=False)
                         step_loss += float(loss.detach())
                         result.samples += len(batch.records) * world
+                    if ds is not None:
+                        self.accelerator.sync_gradients = True
                     grad_norm = None
                     if cfg.max_grad_norm:
+                        # DeepSpeed: clipped inside the engine's step; this only reads the norm
                         grad_norm = self.accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
+                    optimizer.step()  # DeepSpeed: a no-op, the engine stepped in backward()
                     scheduler.step()
                     result.steps += 1
                     result.losses.append(step_loss)
@@ -156,6 +180,8 @@ class TaskFitter(FitHandle):
             metrics.close()
         result.seconds = time.perf_counter() - started
         model.eval()
+        if ds is not None:
+            ds.after_fit(self.model)  # engine destroyed; ZeRO-3: parameters gathered until the next fit
         return result
 
     def _trainable_named(self) -> dict[str, torch.nn.Parameter]:
@@ -171,10 +197,17 @@ class TaskFitter(FitHandle):
 
     def _state(self, result: FitResult, steps: int, named: dict[str, torch.nn.Parameter], optimizer: Any,
                scheduler: Any, stream: DataStream) -> FitState:
+        """The step loop's state; every rank calls this (DeepSpeed gathers shards, RNGs are gathered)."""
+        if self.deepspeed is None:
+            trainable = {n: p.detach().clone() for n, p in named.items()}
+            optimizer_state, engine = optimizer.state_dict(), None
+        else:
+            trainable = self.deepspeed.full_trainable(named)
+            optimizer_state = self.deepspeed.optimizer_shards(optimizer)
+            engine = self.deepspeed.engine_info()
         return FitState(step=result.steps, steps=steps, samples=result.samples, losses=list(result.losses),
-                        trainable={n: p.detach().clone() for n, p in named.items()},
-                        optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                        data=stream.state(), rng=self._rng_of_every_rank())
+                        trainable=trainable, optimizer=optimizer_state, scheduler=scheduler.state_dict(),
+                        data=stream.state(), rng=self._rng_of_every_rank(), engine=engine)
 
     def _token_weights(self, micro_batches: list[Batch]) -> list[float]:
         """Loss weights making a step the mean over every answer token of the global batch.
@@ -216,17 +249,25 @@ class TaskFitter(FitHandle):
                 f"the step checkpoint does not fit this task: {state.steps} steps and "
                 f"{len(state.trainable)} trainable tensors saved, {steps} and {len(named)} now",
                 hint="pass --restart, or delete the steps/ folder of this run to redo the task")
-        with torch.no_grad():
-            for name, param in named.items():
-                param.copy_(state.trainable[name].to(param.device, param.dtype))
-        optimizer.load_state_dict(state.optimizer)
-        scheduler.load_state_dict(state.scheduler)
-        stream.restore(*state.data)
+        mine = self.deepspeed.engine_info() if self.deepspeed is not None else None
+        if state.engine != mine:
+            raise CheckpointError(
+                f"the step checkpoint's optimizer state was written by {_engine_name(state.engine)}, "
+                f"this run uses {_engine_name(mine)}",
+                hint="resume with the same [distributed] settings, or pass --restart")
         if len(state.rng) != self.accelerator.num_processes:
             raise CheckpointError(f"the step checkpoint holds {len(state.rng)} RNG states, this run has "
                                   f"{self.accelerator.num_processes} processes",
                                   hint="resume with the same number of processes, or pass --restart")
-        restore_rng(*state.rng[self.accelerator.process_index])
+        with torch.no_grad():
+            for name, param in named.items():
+                param.copy_(state.trainable[name].to(param.device, param.dtype))
+        scheduler.load_state_dict(state.scheduler)
+        stream.restore(*state.data)
+        if self.deepspeed is None:
+            optimizer.load_state_dict(state.optimizer)
+            restore_rng(*state.rng[self.accelerator.process_index])
+        # DeepSpeed: the optimizer partitions and the RNG are restored once the engine exists
         result.steps, result.samples, result.losses = state.step, state.samples, list(state.losses)
 
     def _param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
@@ -237,6 +278,13 @@ class TaskFitter(FitHandle):
         groups = [{"params": [p for p in params if id(p) not in projector]},
                   {"params": [p for p in params if id(p) in projector], "lr": self.cfg.projector_lr}]
         return [g for g in groups if g["params"]]
+
+
+def _engine_name(engine: dict[str, Any] | None) -> str:
+    if engine is None:
+        return "a single process or DDP (a plain AdamW state)"
+    return (f"DeepSpeed ZeRO-{engine.get('zero_stage')} on {engine.get('processes')} processes "
+            "(per-rank optimizer partitions)")
 
 
 def _scheduler(cfg: Any, optimizer: torch.optim.Optimizer, steps: int):

@@ -5,8 +5,9 @@ process and this process was not started by a launcher, prism starts
 ``python -m torch.distributed.run --nproc_per_node N -m prism <same arguments>``
 and waits for it. torchrun (not the deepspeed launcher, which does not set
 OMP_NUM_THREADS and oversubscribes small machines) is used for DDP and
-DeepSpeed alike; accelerate then picks up the environment it sets. The exact
-command and environment are written next to the run's results.
+DeepSpeed alike (DeepSpeed even for one process: it needs the rendezvous
+environment torchrun sets); accelerate then picks up the environment it sets.
+The exact command and environment are written next to the run's results.
 """
 
 from __future__ import annotations
@@ -31,18 +32,26 @@ RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR
 
 
 def should_relaunch(distributed: Any, env: Mapping[str, str] | None = None) -> bool:
-    """More than one process wanted, and no launcher has started us yet."""
+    """More than one process (or DeepSpeed) wanted, and no launcher has started us yet."""
     env = os.environ if env is None else env
-    return distributed.processes > 1 and "LOCAL_RANK" not in env
+    wanted = distributed.processes > 1 or distributed.backend == "deepspeed"
+    return wanted and "LOCAL_RANK" not in env
 
 
 def launch_command(distributed: Any, argv: list[str], project_dir: Path,
-                   env: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-    """The torchrun command line and environment that rerun ``prism <argv>`` on N processes."""
+                   env: Mapping[str, str] | None = None,
+                   sources: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The torchrun command line and environment that rerun ``prism <argv>`` on N processes.
+
+    A DeepSpeed config that cannot work is reported here, before any process starts.
+    """
     env = dict(os.environ if env is None else env)
     if distributed.backend == "deepspeed":
         import importlib.util
 
+        from prism.engine.deepspeed_config import load_deepspeed_config
+
+        load_deepspeed_config(distributed, project_dir, sources)
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError("[distributed] backend = \"deepspeed\" needs the deepspeed package",
                               hint="pip install 'prism-mcit[deepspeed]', or use backend = \"ddp\"")
@@ -80,11 +89,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def relaunch(distributed: Any, argv: list[str], project_dir: Path, record_dir: Path) -> int:
+def relaunch(distributed: Any, argv: list[str], project_dir: Path, record_dir: Path,
+             sources: Mapping[str, str] | None = None) -> int:
     """Run the distributed command to completion and return its exit code (Ctrl-C is passed on)."""
     from prism.checkpoint.store import write_json_atomic
 
-    command, env = launch_command(distributed, argv, project_dir)
+    command, env = launch_command(distributed, argv, project_dir, sources=sources)
     write_json_atomic(record_dir / LAUNCH_FILE, {
         "command": command, "arguments": list(argv),
         "environment": {k: env[k] for k in RECORDED_ENV if k in env},

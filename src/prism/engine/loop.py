@@ -112,7 +112,10 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     _check_train_precision(resolved)
     method = build_method(plan)
     joint = bool(method.joint)
-    accelerator = _accelerator(cfg, layout, unused_parameters=bool(method.unused_parameters))
+    deepspeed = _deepspeed_settings(resolved)
+    accelerator = _accelerator(cfg, layout, unused_parameters=bool(method.unused_parameters), deepspeed=deepspeed)
+    # DeepSpeed: per-task engine config, and under ZeRO-3 full weights between fits (prism.engine.zero)
+    ds_run = _deepspeed_run(cfg, layout, accelerator, deepspeed) if deepspeed is not None else None
     main = accelerator.is_main_process
     if not main:
         reporter = Reporter()
@@ -178,7 +181,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train if joint else cfg.train.for_task(spec.name),
                                 seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
                                 log_path=layout.results_dir / METRICS_FILE,
-                                tasks_in_step=len(sources), step_offset=step_offset)
+                                tasks_in_step=len(sources), step_offset=step_offset, deepspeed=ds_run)
             steps = fitter.steps()
             reporter.task_started(position, len(plan.sequence), spec.name, steps)
             result = fitter.fit(task, on_step=reporter.step, checkpointer=checkpointer)
@@ -196,6 +199,8 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
         accelerator.wait_for_everyone()
 
     outcome.summary = _write_summary(layout, matrix, joint=joint) if main else summarize(matrix, joint=joint)
+    if ds_run is not None:
+        ds_run.close()
     accelerator.end_training()
     return outcome
 
@@ -209,7 +214,8 @@ def _check_train_precision(resolved: Any) -> None:
     check_precision(mode, compute_device(), key)
 
 
-def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False) -> Any:
+def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False, deepspeed: Any = None) -> Any:
+    """accelerate's Accelerator for the run: plain/DDP, or with DeepSpeed (``deepspeed``: DeepSpeedSettings)."""
     import torch
     from accelerate import Accelerator
 
@@ -219,15 +225,40 @@ def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False
     from accelerate.utils import DistributedDataParallelKwargs
 
     trackers = report_to(cfg.train.report_to)
-    # methods with routers or per-task slots may leave trainable parameters out of a step
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
-                              log_with=trackers or None, project_dir=str(layout.results_dir),
-                              kwargs_handlers=[ddp])
+    if deepspeed is not None:
+        from prism.engine.zero import make_accelerator
+
+        accelerator = make_accelerator(deepspeed, mixed_precision=mixed, log_with=trackers or None,
+                                       project_dir=str(layout.results_dir))
+    else:
+        # methods with routers or per-task slots may leave trainable parameters out of a step
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)
+        accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
+                                  log_with=trackers or None, project_dir=str(layout.results_dir),
+                                  kwargs_handlers=[ddp])
     if trackers:
         accelerator.init_trackers(cfg.project.name, config={"method": cfg.method.id, "benchmark": cfg.benchmark.id,
                                                             "seed": cfg.project.seed})
     return accelerator
+
+
+def _deepspeed_settings(resolved: Any) -> Any:
+    """The run's DeepSpeed config (``[distributed] backend = "deepspeed"``), else None."""
+    distributed = resolved.config.distributed
+    if distributed.backend != "deepspeed":
+        return None
+    from prism.engine.deepspeed_config import load_deepspeed_config
+
+    return load_deepspeed_config(distributed, resolved.project_dir, resolved.sources)
+
+
+def _deepspeed_run(cfg: Any, layout: RunLayout, accelerator: Any, settings: Any) -> Any:
+    from prism.backbones.precision import compute_device, mixed_precision
+    from prism.engine.zero import RECORD_FILE, DeepSpeedRun
+
+    precision = mixed_precision(cfg.backbone.train_precision, compute_device())
+    # the effective config of the task being trained goes next to launch.json (rank 0 writes it)
+    return DeepSpeedRun(settings, accelerator, precision=precision, record_path=layout.results_dir / RECORD_FILE)
 
 
 #: tracker name -> the package it needs

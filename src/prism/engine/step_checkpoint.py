@@ -7,6 +7,11 @@ weights, the optimizer and scheduler state, every RNG state and the position in
 the data stream. It is written like a task checkpoint (temporary folder,
 sha256 manifest, rename), so a kill leaves the previous step checkpoint or the
 new one. Nothing is pickled: tensors go to safetensors, the rest to JSON.
+
+Under DeepSpeed the optimizer state is partitioned across ranks: the checkpoint
+then holds every rank's partition of AdamW's state (``optimizer.zero.<rank>.*``)
+and names the engine that wrote it (``engine``); it resumes only under the same
+ZeRO stage and number of processes (``prism.engine.zero``).
 """
 
 from __future__ import annotations
@@ -35,11 +40,14 @@ class FitState:
     samples: int
     losses: list[float]
     trainable: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]  # torch optimizer state_dict
+    optimizer: dict[str, Any]  # torch optimizer state_dict; DeepSpeed: {"zero_shards": [one per rank]}
     scheduler: dict[str, Any]  # torch LR scheduler state_dict (plain data)
     data: tuple[torch.Tensor, dict[str, Any]]  # DataStream.state()
     rng: list[tuple[dict[str, torch.Tensor], dict[str, Any]]]  # seeding.capture_rng() of each rank
     info: dict[str, Any] = field(default_factory=dict)  # who wrote it: task, fingerprint, ...
+    #: the engine whose optimizer layout this is: None (one AdamW state) or DeepSpeed's
+    #: {"backend": "deepspeed", "zero_stage": 2|3, "processes": N}
+    engine: dict[str, Any] | None = None
 
 
 def save_step_checkpoint(folder: Path, state: FitState) -> Path:
@@ -47,8 +55,15 @@ def save_step_checkpoint(folder: Path, state: FitState) -> Path:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {f"trainable.{k}": v for k, v in state.trainable.items()}
-    opt_tensors, opt_meta = _split_optimizer(state.optimizer)
-    tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
+    if "zero_shards" in state.optimizer:
+        opt_meta = {"zero_shards": []}
+        for rank, shard in enumerate(state.optimizer["zero_shards"]):
+            shard_tensors, shard_meta = _split_optimizer(shard)
+            tensors.update({f"optimizer.zero.{rank}.{k}": v for k, v in shard_tensors.items()})
+            opt_meta["zero_shards"].append(shard_meta)
+    else:
+        opt_tensors, opt_meta = _split_optimizer(state.optimizer)
+        tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
     rng_meta = []
     for rank, (rng_tensors, meta) in enumerate(state.rng):
         tensors.update({f"rng.{rank}.{k}": v for k, v in rng_tensors.items()})
@@ -59,7 +74,7 @@ def save_step_checkpoint(folder: Path, state: FitState) -> Path:
     progress = {
         "format": FORMAT, "step": state.step, "steps": state.steps, "samples": state.samples,
         "losses": state.losses, "optimizer": opt_meta, "scheduler": state.scheduler,
-        "rng": rng_meta, "data": data_meta, "info": state.info,
+        "rng": rng_meta, "data": data_meta, "info": state.info, "engine": state.engine,
     }
 
     def fill(tmp: Path) -> None:
@@ -88,13 +103,18 @@ def load_step_checkpoint(folder: Path) -> FitState | None:
     def group(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
+    if "zero_shards" in progress["optimizer"]:
+        optimizer = {"zero_shards": [_join_optimizer(group(f"optimizer.zero.{rank}."), meta)
+                                     for rank, meta in enumerate(progress["optimizer"]["zero_shards"])]}
+    else:
+        optimizer = _join_optimizer(group("optimizer."), progress["optimizer"])
     return FitState(
         step=int(progress["step"]), steps=int(progress["steps"]), samples=int(progress["samples"]),
         losses=[float(x) for x in progress["losses"]], trainable=group("trainable."),
-        optimizer=_join_optimizer(group("optimizer."), progress["optimizer"]),
+        optimizer=optimizer,
         scheduler=progress["scheduler"], data=(tensors["data.generator"], progress["data"]),
         rng=[(group(f"rng.{rank}."), meta) for rank, meta in enumerate(progress["rng"])],
-        info=progress.get("info", {}),
+        info=progress.get("info", {}), engine=progress.get("engine"),
     )
 
 
