@@ -55,15 +55,20 @@ def resolve_model_path(model: str) -> Path:
         return local.resolve()
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ConfigError(f"[backbone] model = {model!r}: not a model folder or a hub id (owner/name)")
+    return hub_snapshot(model, "[backbone] model")
+
+
+def hub_snapshot(repo_id: str, key: str) -> Path:
+    """The local snapshot of a hub model (downloaded if needed); a failure names the setting ``key``."""
     try:
         from huggingface_hub import snapshot_download
 
         with quiet_transformers():
-            return Path(snapshot_download(repo_id=model))
+            return Path(snapshot_download(repo_id=repo_id))
     except Exception as exc:  # network, auth, offline mode without a cached copy
-        raise ConfigError(f"[backbone] model = {model!r}: not a local folder and could not be fetched "
-                          f"from the hub ({type(exc).__name__}: {exc})",
-                          hint="download it first or give a local path; set HF_HUB_OFFLINE=1 to use the cache only") from None
+        raise ConfigError(f"{key} = {repo_id!r}: not a local folder and could not be fetched from the hub "
+                          f"({type(exc).__name__}: {exc})",
+                          hint="download it first or give a local path; HF_HUB_OFFLINE=1 uses the cache only") from None
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from prism.atomic import replace_folder
-from prism.backbones.vision_towers import TowerParts, load_vision_tower, resolve_vision_tower
+from prism.backbones.vision_towers import TowerParts, _read_json, load_vision_tower, resolve_vision_tower
 from prism.errors import CheckpointError, ConfigError
 
 ORIGINAL_ARCHITECTURE = "LlavaLlamaForCausalLM"
@@ -61,16 +61,6 @@ _EMBEDDED_TOWER = "model.vision_tower.vision_tower."
 
 
 # -- detection --------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read it as JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
-
-
 def is_original_llava(folder: Path | str) -> bool:
     """True for an original LLaVA-1.5 folder: a flat ``llava``/``llava_llama`` (or
     ``LlavaLlamaForCausalLM``) config, without llava-hf's nested ``text_config``.

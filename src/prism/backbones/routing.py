@@ -231,17 +231,9 @@ def resolve_tower_folder(source: str, key: str = KEY) -> Path:
 
 
 def _hub_snapshot(repo_id: str, key: str) -> Path:
-    from prism.backbones.llava import quiet_transformers
+    from prism.backbones.llava import hub_snapshot
 
-    try:
-        from huggingface_hub import snapshot_download
-
-        with quiet_transformers():
-            return Path(snapshot_download(repo_id=repo_id))
-    except Exception as exc:  # network, auth, offline mode without a cached copy
-        raise ConfigError(f"{key} = {repo_id!r}: not a local folder and could not be fetched from the hub "
-                          f"({type(exc).__name__}: {exc})",
-                          hint="download it first or give a local path; HF_HUB_OFFLINE=1 uses the cache only") from None
+    return hub_snapshot(repo_id, key)
 
 
 def load_routing_tower(source: str, *, device: Any = "cpu", batch_size: int = 64, key: str = KEY) -> RoutingTower:

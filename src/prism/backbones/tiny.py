@@ -278,14 +278,19 @@ def build_base(out_dir: Path | str, steps: int = 3000, seed: int = 0, *, batch_s
         "transformers_version": transformers.__version__,
         "build_seconds": round(time.perf_counter() - started, 1),
     }
+    return save_asset(out, [model, processor], METADATA_FILE, meta)
+
+
+def save_asset(out: Path, parts: list[Any], metadata_file: str, meta: dict[str, Any]) -> Path:
+    """Write a built tiny model (``save_pretrained`` of each part plus its metadata) atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with quiet_transformers():
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+            for part in parts:
+                part.save_pretrained(tmp)
+        (tmp / metadata_file).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for file in tmp.iterdir():  # save_pretrained may create 0600 files; a shipped asset must be readable
             file.chmod(0o644)
         replace_folder(tmp, out)

@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prism.atomic import replace_folder
-from prism.backbones.llava import quiet_transformers
+from prism.backbones.tiny import save_asset
 from prism.benchmarks import synthetic as syn
 
 BUILDER_VERSION = 1
@@ -229,21 +225,7 @@ def build(out_dir: Path | str, steps: int = 600, seed: int = 0, *, batch_size: i
         "transformers_version": transformers.__version__,
         "build_seconds": round(time.perf_counter() - started, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with quiet_transformers():
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            image_processor.save_pretrained(tmp)
-        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for file in tmp.iterdir():  # save_pretrained may create 0600 files; a shipped asset must be readable
-            file.chmod(0o644)
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return save_asset(out, [model, tokenizer, image_processor], METADATA_FILE, meta)
 
 
 # -- command line --------------------------------------------------------------------------

@@ -18,18 +18,13 @@ not for the continual-learning demo (use ``builtin:tiny-llava`` for that).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prism.atomic import replace_folder
 from prism.backbones import tiny
 from prism.backbones.intern_vit import imagenet_image_processor
-from prism.backbones.llava import quiet_transformers
 
 BUILDER_VERSION = 1
 IMAGE_SIZE = tiny.IMAGE_SIZE  # 48
@@ -104,20 +99,7 @@ def build(out_dir: Path | str, steps: int = DEFAULT_STEPS, seed: int = 0, *, bat
         "transformers_version": transformers.__version__,
         "build_seconds": round(time.perf_counter() - started, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with quiet_transformers():
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-        (tmp / tiny.METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        for file in tmp.iterdir():  # save_pretrained may create 0600 files; a shipped asset must be readable
-            file.chmod(0o644)
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return tiny.save_asset(out, [model, processor], tiny.METADATA_FILE, meta)
 
 
 def main(argv: list[str] | None = None) -> int:
