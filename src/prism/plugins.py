@@ -2,7 +2,10 @@
 
 Each plugin is loaded and each of its hooks is called inside its own
 try/except, so one broken plugin is reported (``prism plugins``) instead of
-taking the CLI down. ``PRISM_STRICT_PLUGINS=1`` re-raises instead.
+taking the CLI down. That includes ``SystemExit`` and other BaseExceptions (a
+module-level ``argparse`` parse, a ``sys.exit`` in a hook): only
+KeyboardInterrupt gets through. ``PRISM_STRICT_PLUGINS=1`` re-raises instead
+(an exit becomes a PluginError, so the command still fails with one message).
 
 Which plugins load:
 
@@ -19,11 +22,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import os
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -152,6 +156,54 @@ def _timed(what: str) -> Iterator[None]:
     _trace(f"{what}: {1000 * (time.perf_counter() - started):.1f} ms")
 
 
+def _failure(exc: BaseException, printed: str = "") -> str:
+    """``Type: message`` of a plugin's failure; an exit says so and quotes what the plugin printed last."""
+    if isinstance(exc, Exception):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SystemExit):
+        text = f"SystemExit({exc.code!r}): the plugin tried to exit the process"
+    else:
+        text = f"{type(exc).__name__}" + (f": {exc}" if str(exc) else "") + \
+            " (a BaseException, not an Exception)"
+    last = next((line.strip() for line in reversed(printed.splitlines()) if line.strip()), "")
+    return text + (f"; it printed: {last}" if last else "")
+
+
+def _isolate(info: PluginInfo, what: str, exc: BaseException, printed: str = "") -> None:
+    """Record a plugin's failure on it, or under PRISM_STRICT_PLUGINS raise it: an Exception as it
+    is (its traceback is the point of strict mode), an exit as a PluginError (one message, exit 1)."""
+    message = f"{what}: {_failure(exc, printed)}"
+    if _strict():
+        if isinstance(exc, Exception):
+            raise exc
+        raise PluginError(message, hint="unset PRISM_STRICT_PLUGINS to isolate the plugin") from exc
+    info.errors.append(message)
+
+
+@contextmanager
+def _held_output() -> Iterator[io.StringIO]:
+    """Hold what a plugin prints while it loads (yields the held stderr).
+
+    It is replayed to the same streams unless the plugin exits: then it is most
+    likely argparse's usage message about prism's own arguments, which does not
+    belong in the command's output (the error quotes its last line).
+    """
+    out, err = io.StringIO(), io.StringIO()
+    exited = False
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            yield err
+    except BaseException as exc:
+        exited = not isinstance(exc, (Exception, KeyboardInterrupt))
+        raise
+    finally:
+        if not exited:
+            for held, stream in ((out, sys.stdout), (err, sys.stderr)):
+                if held.getvalue():
+                    stream.write(held.getvalue())
+                    stream.flush()
+
+
 # -- the manager --------------------------------------------------------------------------
 class PluginManager:
     """Loads plugins once and builds the four registries from their hooks."""
@@ -206,14 +258,15 @@ class PluginManager:
         if info.disabled:
             _trace(f"skip {info.name} ({info.provider}): {info.disabled}")
             return
+        held = io.StringIO()
         try:
-            with _timed(f"load {info.name} ({info.provider})"):
+            with _timed(f"load {info.name} ({info.provider})"), _held_output() as held:
                 plugin = loader()
                 self.pm.register(plugin, name=key)
-        except Exception as exc:
-            if _strict():
-                raise
-            info.errors.append(f"failed to load: {type(exc).__name__}: {exc}")
+        except KeyboardInterrupt:  # Ctrl-C stops prism, whoever was running
+            raise
+        except BaseException as exc:  # noqa: BLE001 - an exit at import too: isolation is the point
+            _isolate(info, f"failed to load {_where(info)}", exc, held.getvalue())
             return
         info.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
         self._providers[id(plugin)] = info
@@ -259,13 +312,7 @@ class PluginManager:
                     _info.errors.append(str(exc))
                     _trace(f"  {_info.name}: {exc}")
 
-            try:
-                with _timed(f"{hook} of {info.name}"):
-                    impl.function(register=register)
-            except Exception as exc:
-                if _strict():
-                    raise
-                info.errors.append(f"{hook} failed: {type(exc).__name__}: {exc}")
+            self._call_hook(info, hook, impl.function, register=register)
 
     def add_commands(self, app: Any, core_names: set[str]) -> None:
         """Let plugins add commands; none may shadow a core command or another plugin's."""
@@ -275,14 +322,8 @@ class PluginManager:
             if info is None or info.provider == "builtin":
                 continue
             before = [*app.registered_commands, *app.registered_groups]
-            try:
-                with _timed(f"register_commands of {info.name}"):
-                    impl.function(app=app)
-            except Exception as exc:
-                if _strict():
-                    raise
-                info.errors.append(f"register_commands failed: {type(exc).__name__}: {exc}")
-                continue
+            # what a failing hook added before it failed is still checked against the core commands
+            self._call_hook(info, "register_commands", impl.function, app=app)
             for collection in (app.registered_commands, app.registered_groups):
                 for item in [i for i in collection if not any(i is b for b in before)]:
                     name = _command_name(item)
@@ -302,6 +343,17 @@ class PluginManager:
                     if _strict():
                         raise PluginError(problem)
 
+    def _call_hook(self, info: PluginInfo, hook: str, function: Callable[..., Any], **kwargs: Any) -> None:
+        """Call one plugin's hook; a failure (an exit included) is recorded on the plugin."""
+        held = io.StringIO()
+        try:
+            with _timed(f"{hook} of {info.name}"), _held_output() as held:
+                function(**kwargs)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a sys.exit in a hook too: isolation is the point
+            _isolate(info, f"{hook} of {_where(info)} failed", exc, held.getvalue())
+
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
 
@@ -309,6 +361,12 @@ class PluginManager:
         """The ids each kind's registry holds from ``info``'s plugin."""
         provided = {kind: [e.id for e in self.registries[kind] if e.provider == info.provider] for kind in KINDS}
         return {kind: ids for kind, ids in provided.items() if ids}
+
+
+def _where(info: PluginInfo) -> str:
+    """The plugin as a user finds it: its name and its file (local) or distribution."""
+    provider = info.provider.removeprefix("local:") if info.source == "local" else info.provider
+    return info.name if provider in ("", info.name, "builtin") else f"{info.name} ({provider})"
 
 
 def _command_name(item: Any) -> str | None:
