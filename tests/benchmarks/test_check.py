@@ -20,6 +20,7 @@ from prism.benchmarks.check import (
 from prism.benchmarks.ucit import UCITBenchmark
 from prism.config.schema import BenchmarkConfig
 from prism.errors import ConfigError, DataError
+from tests.benchmarks.bad_images import bomb_png
 
 # UCIT in HiDe-LLaVA's layout: task -> (folder, training file, caption ground truth)
 UCIT_FILES = {
@@ -279,3 +280,49 @@ def test_skip_policy_with_nothing_left_and_bad_arguments(root):
     path.unlink()
     with pytest.raises(DataError, match="file not found"):
         load_train_records_checked(root, spec, None, "skip")
+
+
+# -- symlinks and decompression bombs ----------------------------------------------------------
+def _link_out_and_bomb(root: Path) -> Path:
+    """IconQA gets a symlink leading out of its image folder (index 3), a link to another of its
+    own files (index 4, fine) and a PNG whose header claims 30000x30000 (index 5)."""
+    images = root / "datasets" / "IconQA"
+    Image.new("RGB", (4, 4)).save(root / "outside.png")
+    (images / "out.png").symlink_to(root / "outside.png")
+    (images / "alias.png").symlink_to(images / "0.png")
+    bomb_png(images / "bomb.png")
+    path = train_path(root, "IconQA")
+    write_json(path, json.loads(path.read_text()) + [
+        {"id": "link-out", **conversation("IconQA/out.png")},
+        {"id": "link-in", **conversation("IconQA/alias.png")},
+        {"id": "bomb", **conversation("IconQA/bomb.png")}])
+    return path
+
+
+@pytest.mark.parametrize("check_images", [True, False])
+def test_check_reports_a_symlink_leading_out_as_outside_the_root(root, check_images):
+    path = _link_out_and_bomb(root)
+    report = check_benchmark(ucit(root), tasks=["IconQA"], check_images=check_images)
+    outside = report.examples["escaping_image"]
+    assert report.counts["escaping_image"] == 1 and (outside[0].file, outside[0].index) == (str(path), 3)
+    assert "leads through a symlink to" in outside[0].detail and "outside.png" in outside[0].detail
+    if check_images:  # the bomb is undecodable; the link inside the folder is no problem
+        assert dict(report.counts) == {"escaping_image": 1, "corrupt_image": 1}
+        assert report.examples["corrupt_image"][0].index == 5
+        assert "DecompressionBombError" in report.examples["corrupt_image"][0].detail
+    else:
+        assert dict(report.counts) == {"escaping_image": 1}
+
+
+def test_training_refuses_a_symlink_leading_out_and_skip_drops_it(root):
+    path = _link_out_and_bomb(root)
+    spec = spec_of(root, "IconQA")
+    # the engine's call under fix_policy = "error": images are decoded later, when encoded
+    with pytest.raises(DataError) as caught:
+        load_train_records_checked(root, spec, None, "error", check_images=False)
+    assert caught.value.message.startswith(f"{path}: record 3: image path 'IconQA/out.png'")
+    assert "outside the image root" in caught.value.message
+    lines: list[str] = []
+    records = load_train_records_checked(root, spec, None, "skip", warn=lines.append)
+    assert [r["id"] for r in records] == ["IconQA-0", "IconQA-1", "IconQA-2", "link-in"]
+    assert "skipped 2 bad training record(s)" in lines[0] and "DecompressionBombError" in lines[0]

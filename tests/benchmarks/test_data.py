@@ -25,6 +25,7 @@ from prism.benchmarks.data import (
     resolve_image,
 )
 from prism.errors import DataError
+from tests.benchmarks.bad_images import bomb_png
 
 TASK = TaskSpec("demo", "demo/train.json", "demo/test.json", "exact_match", image_root="demo")
 
@@ -130,7 +131,32 @@ def test_escaping_image_path_rejected(root, rel):
 
 
 def test_resolve_image_inside_root(root):
-    assert resolve_image(root, TASK, "images/./a.png") == root / "demo" / "images" / "a.png"
+    assert resolve_image(root, TASK, "images/./a.png") == (root / "demo" / "images" / "a.png").resolve()
+
+
+def test_symlink_leading_out_of_the_image_root_is_rejected(root, backbone):
+    outside = root / "elsewhere"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    (root / "demo" / "images" / "link.png").symlink_to(outside / "secret.png")
+    (root / "demo" / "images" / "linked_dir").symlink_to(outside, target_is_directory=True)
+    for rel in ("images/link.png", "images/linked_dir/secret.png"):
+        with pytest.raises(DataError, match="leads through a symlink to .*secret.png, outside the image root"):
+            resolve_image(root, TASK, rel)
+    with pytest.raises(DataError) as err:  # the encoders (training and evaluation) refuse it too
+        encode_prompt({"question_id": 3, "image": "images/link.png", "text": "q", "answer": "a"},
+                      backbone, root, TASK)
+    assert "outside the image root" in str(err.value) and "question_id 3" in str(err.value)
+    assert str(root / TASK.test_file) in str(err.value)
+
+
+def test_symlinks_that_stay_inside_the_image_root_are_fine(tmp_path, root):
+    (root / "demo" / "images" / "alias.png").symlink_to(root / "demo" / "images" / "a.png")
+    assert resolve_image(root, TASK, "images/alias.png") == (root / "demo" / "images" / "a.png").resolve()
+    linked = tmp_path / "linked_root"  # the image root itself a link (to shared storage, say)
+    linked.mkdir()
+    (linked / "demo").symlink_to(root / "demo", target_is_directory=True)
+    assert resolve_image(linked, TASK, "images/a.png") == (root / "demo" / "images" / "a.png").resolve()
 
 
 def test_escaping_path_in_record_is_rejected_when_encoding(root, backbone):
@@ -147,6 +173,29 @@ def test_missing_and_corrupt_images_name_the_file(root, backbone):
         encode_prompt({"question_id": 7, "image": "images/bad.png", "text": "q", "answer": "a"},
                       backbone, root, TASK)
     assert "bad.png" in str(err.value) and "question_id 7" in str(err.value)
+
+
+def test_bomb_png_is_what_pillow_refuses(tmp_path):
+    path = bomb_png(tmp_path / "bomb.png")
+    assert path.stat().st_size < 100
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+
+
+def test_decompression_bomb_is_a_data_error_naming_file_and_record(root, backbone):
+    bomb_png(root / "demo" / "images" / "bomb.png")
+    records = [_record(), {**_record("blue"), "id": "r-bomb", "image": "images/bomb.png"}]
+    with pytest.raises(DataError) as err:  # training: the dataset the engine builds
+        TaskDataset(records, backbone=backbone, root=root, specs=TASK)
+    message = str(err.value)
+    assert "cannot decode image" in message and str(root / "demo" / "images" / "bomb.png") in message
+    assert "DecompressionBombError" in message and "'r-bomb'" in message
+    assert str(root / TASK.train_file) in message and "prism data check" in message
+    prompts = [{"question_id": "q-bomb", "image": "images/bomb.png", "text": "q", "answer": "a"}]
+    with pytest.raises(DataError) as err:  # evaluation: the prompts
+        TaskDataset(prompts, backbone=backbone, root=root, specs=TASK, prompts=True)
+    assert "DecompressionBombError" in str(err.value) and "question_id 'q-bomb'" in str(err.value)
+    assert str(root / TASK.test_file) in str(err.value)
 
 
 # -- encoding ---------------------------------------------------------------------------------

@@ -118,3 +118,26 @@ def test_config_errors_exit_2(project):
     result = prism(project, "--tasks", "ImagNet-R")
     assert result.returncode == 2 and "did you mean 'ImageNet-R'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_symlink_leading_out_of_the_image_root_is_outside_the_root(project, tmp_path):
+    root = tmp_path / "ucit_data"
+    Image.new("RGB", (5, 5)).save(tmp_path / "private.png")
+    (root / "datasets" / "ImageNet-R" / "link.png").symlink_to(tmp_path / "private.png")
+    (root / "datasets" / "ImageNet-R" / "alias.png").symlink_to(root / "datasets" / "ImageNet-R" / "1.png")
+    path = root / "instructions" / "ImageNet-R" / "train.json"
+    records = json.loads(path.read_text())
+    _json(path, records + [{"id": "l", "image": "ImageNet-R/link.png", "conversations": _turns("")},
+                           {"id": "a", "image": "ImageNet-R/alias.png", "conversations": _turns("")}])
+    before = path.read_bytes()
+    result = prism(project, "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    report = json.loads(result.stdout)
+    assert report["tasks"][0]["problems"] == {"escaping_image": 1}  # the link inside the folder is fine
+    example = report["problems"]["escaping_image"]["examples"][0]
+    assert example["index"] == 2 and "leads through a symlink to" in example["detail"]
+    assert str((tmp_path / "private.png").resolve()) in example["detail"]
+    human = prism(project)
+    assert f"{path} record 2: image path 'ImageNet-R/link.png'" in human.stderr
+    assert "1 escaping image" in human.stderr
+    assert path.read_bytes() == before

@@ -24,7 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prism.benchmarks.base import Benchmark, TaskSpec
-from prism.benchmarks.data import load_train_records, resolve_image, validate_test_record, validate_train_record
+from prism.benchmarks.data import (
+    decode_failure,
+    load_train_records,
+    resolve_image,
+    validate_test_record,
+    validate_train_record,
+)
 from prism.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -40,7 +46,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "malformed_record": "record that does not have the expected fields",
     "missing_image": "image file not found",
     "corrupt_image": "image file that cannot be decoded",
-    "escaping_image": "image path outside the image folder (absolute or ..)",
+    "escaping_image": "image path outside the image folder (absolute, .. or a symlink leading out)",
     "duplicate_id": "id (train) or question_id (test) used twice",
     "invalid_gt": "caption ground truth that is not valid COCO",
     "missing_gt": "test record with no caption ground truth",
@@ -242,9 +248,7 @@ def image_file_problem(path: Path) -> tuple[str, str] | None:
         with Image.open(path) as image:
             image.load()
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        said = str(exc)
-        why = type(exc).__name__ + (f": {said}" if said and str(path) not in said else "")
-        return "corrupt_image", f"cannot decode image {path} ({why})"
+        return "corrupt_image", f"cannot decode image {path} ({decode_failure(exc, path)})"
     return None
 
 

@@ -141,33 +141,59 @@ def load_test_records(root: Path, task: TaskSpec, max_samples: int | None = None
 
 # -- images ------------------------------------------------------------------------------
 def resolve_image(root: Path, task: TaskSpec, relpath: str) -> Path:
-    """``root/image_root/relpath``; a path that escapes that folder is a DataError.
+    """The file ``root/image_root/relpath`` really is; one outside that folder is a DataError.
 
-    The check is lexical (normalised ``..`` and absolute paths), so a dataset
-    folder may still hold deliberate symlinks.
+    The one confinement check of image paths (``prism data check``, training and
+    evaluation all use it). Both the image root and the path are resolved,
+    symlinks included, before the check: an image root that is itself a link
+    to shared storage works, a file linking to another file of the folder
+    works, but an image whose link leads out of the folder does not.
     """
-    base = os.path.abspath(os.path.join(os.fspath(root), task.image_root))
+    base = os.path.realpath(os.path.join(os.fspath(root), task.image_root))
     if os.path.isabs(relpath):
         raise DataError(f"image path {relpath!r} of task {task.name!r} is absolute; "
                         f"image paths must be relative to {base}")
-    full = os.path.abspath(os.path.join(base, relpath))
-    if os.path.commonpath([base, full]) != base:
+    full = os.path.realpath(os.path.join(base, relpath))
+    if not _inside(full, base):
+        if _inside(os.path.normpath(os.path.join(base, relpath)), base):
+            raise DataError(f"image path {relpath!r} of task {task.name!r} leads through a symlink to "
+                            f"{full}, outside the image root {base}")
         raise DataError(f"image path {relpath!r} of task {task.name!r} escapes the image root {base}")
     return Path(full)
 
 
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([folder, path]) == folder
+
+
+#: What a run's image errors suggest: the check lists them all (a run stops at the first).
+IMAGE_HINT = "`prism data check` lists every image that is missing, cannot be decoded or lies outside its root"
+
+
+def decode_failure(exc: BaseException, path: Path) -> str:
+    """``Type: message`` of a PIL failure, without the path when PIL's message repeats it."""
+    said = str(exc)
+    return type(exc).__name__ + (f": {said}" if said and str(path) not in said else "")
+
+
 def load_image(path: Path, *, context: str = "") -> "Image.Image":
-    """Open an image as RGB; a missing or unreadable file is a DataError naming it."""
-    from PIL import Image, UnidentifiedImageError
+    """Open an image as RGB; a missing or undecodable file is a DataError naming it.
+
+    Anything PIL raises counts as undecodable, as in ``prism data check``: its
+    errors are of many types, and a header claiming a huge size raises
+    DecompressionBombError, which is not an OSError.
+    """
+    from PIL import Image
 
     where = f" ({context})" if context else ""
     if not path.is_file():
-        raise DataError(f"image not found: {path}{where}")
+        raise DataError(f"image not found: {path}{where}", hint=IMAGE_HINT)
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"cannot read image {path}{where}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        raise DataError(f"cannot decode image {path}{where}: {decode_failure(exc, path)}",
+                        hint=IMAGE_HINT) from None
 
 
 def pixel_values(images: list["Image.Image"], image_processor: Any) -> torch.Tensor:
@@ -242,12 +268,16 @@ def _image_pixels(record: dict, backbone: "LoadedBackbone", root: Path, task: Ta
                   context: str) -> torch.Tensor | None:
     if not record.get("image"):
         return None
-    path = resolve_image(Path(root), task, record["image"])
+    try:
+        path = resolve_image(Path(root), task, record["image"])
+    except DataError as exc:
+        raise DataError(f"{exc.message} ({context})", hint=IMAGE_HINT) from None
     return pixel_values([load_image(path, context=context)], backbone.image_processor)[0]
 
 
-def _context(task: TaskSpec, filename: str, record: dict, key: str) -> str:
-    return f"task {task.name}, {filename}, {key} {record.get(key)!r}"
+def _context(task: TaskSpec, root: Path, filename: str, record: dict, key: str) -> str:
+    """Where a record comes from, for image errors: task, annotation file and the record's id."""
+    return f"task {task.name}, {Path(root) / filename}, {key} {record.get(key)!r}"
 
 
 def encode_train(record: dict, backbone: "LoadedBackbone", root: Path, task: TaskSpec,
@@ -258,7 +288,7 @@ def encode_train(record: dict, backbone: "LoadedBackbone", root: Path, task: Tas
     if has_image:
         turns[0] = (turns[0][0], _with_placeholder(turns[0][1]))
     ids, labels = encode_text(turns, backbone, num_images=int(has_image), add_generation_prompt=False)
-    pixels = _image_pixels(record, backbone, root, task, _context(task, task.train_file, record, "id"))
+    pixels = _image_pixels(record, backbone, root, task, _context(task, root, task.train_file, record, "id"))
     return EncodedSample(ids, labels, pixels, record, _first_human(turns[0][1]), task_index)
 
 
@@ -268,7 +298,7 @@ def encode_prompt(record: dict, backbone: "LoadedBackbone", root: Path, task: Ta
     has_image = bool(record.get("image"))
     text = _with_placeholder(record["text"]) if has_image else record["text"]
     ids, _ = encode_text([("human", text)], backbone, num_images=int(has_image), add_generation_prompt=True)
-    pixels = _image_pixels(record, backbone, root, task, _context(task, task.test_file, record, "question_id"))
+    pixels = _image_pixels(record, backbone, root, task, _context(task, root, task.test_file, record, "question_id"))
     return EncodedSample(ids, None, pixels, record, _first_human(text), task_index)
 
 
