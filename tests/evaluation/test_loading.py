@@ -81,3 +81,18 @@ def test_load_coco_gt_checks(tmp_path):
         load_coco_gt(path)
     with pytest.raises(DataError, match="cannot read"):
         load_coco_gt(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", " (it is empty or holds only blank lines)"),
+    (b"\n  \n\r\n\t\n", " (it is empty or holds only blank lines)"),
+    (b'{"question_id": 1, "te', ": its only line (1) is cut off"),
+])
+def test_a_file_without_predictions_is_an_error_when_scoring_it(tmp_path, content, why):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_predictions(path, allow_empty=False)
+    assert err.value.message == f"prediction file {path} holds no prediction{why}"
+    assert "question_id and text" in err.value.hint
+    assert read_predictions(path).records == []  # reading alone still works (a run's partial file)

@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
         if not predictions.is_file():
             raise UsageError(f"prediction file {predictions} does not exist")
         fn = registry("metric", project_dir_for_plugins()).load(metric)
-        result = fn(load_predictions(predictions), gt=load_coco_gt(gt) if gt else None)
+        result = fn(load_predictions(predictions, allow_empty=False), gt=load_coco_gt(gt) if gt else None)
         data = result.to_dict()
         if json_:
             emit_json({"file": str(predictions), "metric": metric, **data})

@@ -82,10 +82,20 @@ def _check_record(record: Any, path: Path, number: int) -> None:
         raise DataError(f"{path}:{number}: 'metadata' must be an object")
 
 
-def load_predictions(path: PathLike) -> list[dict[str, Any]]:
+def load_predictions(path: PathLike, *, allow_empty: bool = True) -> list[dict[str, Any]]:
     """The records of a JSONL prediction file (see ``read_predictions``); a
-    truncated last line is skipped with a ``TruncatedPredictionWarning``."""
+    truncated last line is skipped with a ``TruncatedPredictionWarning``.
+
+    ``allow_empty=False`` (scoring a file the user names) makes a file without
+    a single record a ``DataError``: a score over nothing is no score.
+    """
     parsed = read_predictions(path)
+    if not parsed.records and not allow_empty:
+        cut = (f": its only line ({parsed.truncated_line}) is cut off" if parsed.truncated_line is not None
+               else " (it is empty or holds only blank lines)")
+        raise DataError(f"prediction file {parsed.path} holds no prediction{cut}",
+                        hint="give the JSONL file `prism infer` or `prism train` wrote: one JSON object "
+                             "per line with question_id and text")
     if parsed.truncated_line is not None:
         warnings.warn(
             TruncatedPredictionWarning(
