@@ -435,7 +435,7 @@ def test_a_method_without_a_declared_mix_is_refused(tmp_path, synthetic_data):
     assert not (tmp_path / "out").exists()
 
 
-def test_existing_or_overlapping_targets_are_refused(runs, exports, tmp_path):
+def test_existing_or_overlapping_targets_are_refused(runs, tmp_path):
     project, done = runs
     resolved, checkpoint = done["ft_lora"]
     checkpoint_bytes = folder_bytes(checkpoint)
@@ -487,7 +487,8 @@ def test_a_checkpoint_that_does_not_verify_is_not_exported(runs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_export_prints_what_it_wrote(runs, tmp_path):
+def test_cli_adapter_only_export_as_json(runs, tmp_path):
+    """The command resolves a checkpoint name of the run --set chooses and prints the record."""
     project, done = runs
     _, checkpoint = done["olora"]
     result = run_cli(["ckpt", "export", checkpoint.name, "--set", "method.id='olora'", "--to",
