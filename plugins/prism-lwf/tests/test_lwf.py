@@ -139,3 +139,23 @@ def test_teacher_survives_state_round_trip(make, batch):
     resumed.prepare_inference(_task(0))
     assert all(layer.active_slots() == [STUDENT] for layer in resumed.adapters.layers.values())
     assert TEACHER in resumed.adapters.slots
+
+
+def test_export_merges_the_student_alone(make, batch):
+    """`prism ckpt export` merges inference_mix(): the student, never the teacher slot."""
+    from prism.adapters.merge import merge_into_base
+
+    method = make()
+    _drift(method)
+    method.end_task(_task(0), fit=None)
+    method.begin_task(_task(1))
+    _drift(method)  # the student now differs from the teacher
+    method.prepare_inference(_task(1))
+    method.backbone.model.eval()
+    with torch.no_grad():
+        answered = _forward(method, batch).logits
+    assert method.inference_mix() == {STUDENT: 1.0}
+    merge_into_base(method.adapters, method.inference_mix())
+    with torch.no_grad():
+        merged = _forward(method, batch).logits
+    torch.testing.assert_close(merged, answered, atol=1e-4, rtol=1e-5)

@@ -1,5 +1,6 @@
-"""`prism ckpt list|inspect|convert`: what checkpoints exist, what one holds (verified), and
-converting an original LLaVA-1.5 release to the llava-hf format."""
+"""`prism ckpt list|inspect|convert|export`: what checkpoints exist, what one holds (verified),
+converting an original LLaVA-1.5 release to the llava-hf format, and exporting a checkpoint as
+a standalone merged model or one peft LoRA."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def _output_dir(config, set_) -> "tuple":
 
 def register(app: typer.Typer) -> None:
     ckpt = typer.Typer(help="Checkpoints: list them, inspect and verify one, convert original LLaVA-1.5 "
-                       "weights.", no_args_is_help=True)
+                       "weights, export one as a standalone model.", no_args_is_help=True)
     app.add_typer(ckpt, name="ckpt")
 
     @ckpt.command("list")
@@ -100,6 +101,45 @@ def register(app: typer.Typer) -> None:
         else:
             stderr_console().print(f"wrote {record['output']} (llava-hf, {record['dtype']}, vision tower "
                                    f"{record['vision_tower']})", highlight=False)
+
+    @ckpt.command("export")
+    def export(
+        name: Annotated[str, typer.Argument(help="Checkpoint name (e.g. Task2_llava) or folder path.",
+                                            autocompletion=complete_checkpoint)],
+        to: Annotated[str, typer.Option("--to", metavar="DIR", help="Folder to write (must not exist; "
+                                        "see --force).", show_default=False)],
+        adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Write one stock peft LoRA "
+                                                   "(adapter_model.safetensors + adapter_config.json) "
+                                                   "instead of a merged model.")] = False,
+        dtype: Annotated[str, typer.Option("--dtype", help="Weight dtype to write: auto (the base model's; "
+                                           "adapters: float32), float32, float16 or bfloat16.")] = "auto",
+        force: Annotated[bool, typer.Option("--force", help="Replace DIR if it holds an earlier export "
+                                            "(or is empty).")] = False,
+        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+    ) -> None:
+        """Merge a checkpoint's adapters into the base and write a llava-hf folder that plain transformers loads.
+
+        Only for methods that answer every input with a fixed mix of slots (such as ft_lora, replay_lora,
+        ewc, joint, olora, zeroshot); a method that routes per input is refused. Example:
+        prism ckpt export Task2_llava --to exported/task2 (add --adapter-only for a peft LoRA).
+        """
+        from prism.checkpoint.export import export_checkpoint
+        from prism.checkpoint.inspect import list_checkpoints, resolve_checkpoint
+
+        output_dir, resolved = _output_dir(config, set_)
+        cfg = resolved.config
+        candidates = list_checkpoints(output_dir, cfg.benchmark.id, cfg.method.id) or list_checkpoints(output_dir)
+        folder = resolve_checkpoint(name, candidates)
+        record = export_checkpoint(resolved, folder, to, adapter_only=adapter_only, dtype=dtype, force=force)
+        if json_:
+            emit_json(record)
+            return
+        merge = record["merge"]
+        what = "peft LoRA" if adapter_only else "merged llava-hf model"
+        mix = {"base": "the base model, no adapters", "single-slot": "one slot"}.get(
+            merge["kind"], f"{len(merge['slots'])} slots, {merge['kind']}")
+        stderr_console().print(f"wrote {record['output']} ({what}, {record['dtype']}; {record['method']}: {mix})",
+                               highlight=False)
 
 
 def _print_report(report: dict) -> None:

@@ -14,6 +14,8 @@ The engine runs, for each task t of the sequence::
     for batch in test batches: method.before_forward(batch, training=False); generate
 
 and saves ``method.state_dict()`` / ``method.state_metadata()`` with the adapters.
+``method.inference_mix()`` says whether the answers come from a fixed sum of slots
+(then ``prism ckpt export`` can merge them into the base) or depend on the input.
 The engine never asks which method it runs. Methods return values; nothing
 mutates a shared ``loss`` attribute.
 """
@@ -32,6 +34,11 @@ if TYPE_CHECKING:  # keep `import prism.methods.base` light for `prism methods s
     from prism.backbones.base import LoadedBackbone
     from prism.benchmarks.base import TaskSpec
     from prism.benchmarks.data import Batch
+
+
+#: slot name -> constant weight: the model answers every input with base + Σ weight · ΔW_slot.
+#: An empty mix is the base model itself.
+FixedMix = dict[str, float]
 
 
 class MethodParams(BaseModel):
@@ -156,6 +163,20 @@ class Method:
     # -- inference ---------------------------------------------------------------
     def prepare_inference(self, learned: TaskContext) -> None:
         """Make the model ready to answer any task seen up to ``learned``."""
+
+    def inference_mix(self) -> FixedMix | None:
+        """The slots, with constant weights, that answer every input once a checkpoint is loaded.
+
+        Return a mix only when the answers are exactly those of the base model with
+        Σ weight · scaling · B A of these slots added to each adapted layer: no routing,
+        per-sample weights, prompts or other trained parameters. ``prism ckpt export``
+        merges that sum into the base weights (or writes it as one peft LoRA). It is
+        called after ``load_state`` and the adapter weights are restored, and must not
+        rely on ``prepare_inference`` having run. None (the default) means the answers
+        depend on the input (a router, a task identity), so there is no single model to
+        export and ``prism ckpt export`` refuses.
+        """
+        return None
 
     # -- state ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, "torch.Tensor"]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from prism.methods.base import LoRAParams, Method, TaskContext
+from prism.methods.base import FixedMix, LoRAParams, Method, TaskContext
 
 SLOT = "default"  # peft's adapter name, so the checkpoint is a stock peft LoRA
 
@@ -43,3 +43,7 @@ class FineTuneLoRA(Method):
         assert self.adapters is not None
         self.adapters.set_trainable([SLOT])
         self.adapters.activate([SLOT])
+
+    def inference_mix(self) -> FixedMix:
+        """Every input is answered by the one adapter (also replay_lora, ewc, joint)."""
+        return {SLOT: 1.0}

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from prism.methods.base import LoRAParams, Method, TaskContext
+from prism.methods.base import FixedMix, LoRAParams, Method, TaskContext
 
 
 def slot_name(index: int) -> str:
@@ -111,6 +111,11 @@ class OLoRA(Method):
     def prepare_inference(self, learned: TaskContext) -> None:
         assert self.adapters is not None
         self.adapters.activate(None)  # all slots, summed with weight 1
+
+    def inference_mix(self) -> FixedMix:
+        """Every task's slot, summed with weight 1 (what ``prepare_inference`` activates)."""
+        assert self.adapters is not None
+        return {name: 1.0 for name in self.adapters.slots}
 
     # -- state ---------------------------------------------------------------------------------
     def state_metadata(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prism.methods.base import Method, MethodParams
+from prism.methods.base import FixedMix, Method, MethodParams
 
 
 class ZeroShotParams(MethodParams):
@@ -14,3 +14,7 @@ class ZeroShot(Method):
     summary = "the base model with no training: the lower reference"
     Params = ZeroShotParams
     trains = False
+
+    def inference_mix(self) -> FixedMix:
+        """No adapters: the base model answers."""
+        return {}

@@ -83,6 +83,10 @@ class LwF(Method):
     def prepare_inference(self, learned: TaskContext) -> None:
         self._student_only()
 
+    def inference_mix(self) -> dict[str, float]:
+        """The student answers alone; the teacher slot only serves the distillation loss."""
+        return {STUDENT: 1.0}
+
     @property
     def has_teacher(self) -> bool:
         return self.adapters is not None and TEACHER in self.adapters.slots
