@@ -115,6 +115,17 @@ def test_matches_cocoevalcap_reference_pipeline():
     assert result.details["ptb_tokenizer"] == 1.0
 
 
+@pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer needs Java")
+def test_ptb_tokenizer_chatter_does_not_reach_the_terminal(capfd):
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    result = coco_caption(PREDS, gt=GT, options={"cider_max": 10.0})
+    assert result.details["ptb_tokenizer"] == 1.0  # the Java tokenizer really ran
+    out, err = capfd.readouterr()  # file-descriptor level: what a child process writes too
+    assert "PTBTokenizer" not in err and "tokens at" not in err and "PTBTokenizer" not in out
+    assert ptbtokenizer.subprocess.__name__ == "subprocess"  # the shim is gone afterwards
+
+
 def test_file_name_wins_when_question_id_names_another_image():
     # question_id 1 is an image id, but the model saw b/3.jpg: the file name decides.
     preds = [{"question_id": 1, "text": "a cat on a sofa", "metadata": {"image": "imgs/3.jpg"}}]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from prism.errors import DataError
 from prism.evaluation.matrix import AccuracyMatrix, render_comparison, render_table
-from prism.evaluation.plots import plot_heatmap, plot_task_curves
+from prism.evaluation.plots import heatmap_figure, plot_heatmap, plot_task_curves, run_title
 from prism.evaluation.report import render_report, write_report
 
 NAMES = ["colour", "choice", "caption"]
@@ -92,6 +93,37 @@ def test_plots_and_report(tmp_path):
     assert "Avg (from learned)" in text and "Avg (MAA)" in text
     assert "![accuracy matrix](plots/heatmap.png)" in text
     assert "| method | ft_lora |" in text and "| python | 3.11 |" in text
+
+
+def test_heatmap_names_the_run_and_marks_rows_not_run():
+    m = AccuracyMatrix(["a", "b", "c"])
+    m.set(0, 0, 90.0)
+    m.set(1, 0, 50.0)
+    m.set(1, 1, 80.0)  # row 2 (after c) not evaluated yet
+    title = run_title("accuracy matrix", method="ft_lora", benchmark="synthetic", backbone="llava")
+    assert title == "accuracy matrix — ft_lora on synthetic (llava)"
+    axes = heatmap_figure(m, title=title).axes[0]
+    assert axes.get_title() == title
+    marked = sorted((round(p.get_x() + 0.5), round(p.get_y() + 0.5)) for p in axes.patches
+                    if p.get_gid() == "not-run")
+    assert marked == [(0, 2), (1, 2), (2, 2)]  # (column, row): the untrained row, not the upper triangle
+    assert [t.get_text() for t in axes.texts].count("not run") == 3
+
+
+def test_artifacts_title_plots_with_the_run(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import prism.evaluation.plots as plots
+    from prism.engine.rescore import write_artifacts
+
+    titles = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: titles.append(figure.axes[0].get_title()) or Path(path))
+    monkeypatch.setattr("prism.evaluation.report.write_report", lambda path, **kw: Path(path))
+    layout = SimpleNamespace(results_dir=tmp_path, method="olora", benchmark="ucit", backbone="internvl")
+    m = AccuracyMatrix(["a"])
+    m.set(0, 0, 1.0)
+    write_artifacts(SimpleNamespace(to_dict=dict), layout, m, m.summary())
+    assert titles and all("olora on ucit (internvl)" in t for t in titles)
 
 
 def test_report_mentions_partial_run():

@@ -166,3 +166,98 @@ def test_engine_saves_fisher_and_resumes(project):
         for n in live)
     assert expected.item() > 0
     assert method.penalty().item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+class SampleFit(ToyFit):
+    """Serves the same 8 samples in batches of the size asked for (recording it)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        gen = torch.Generator().manual_seed(5)
+        self.x, self.y = torch.randn(8, 4, generator=gen), torch.randn(8, 3, generator=gen)
+        self.sizes: list[int | None] = []
+        self.forwards = 0
+
+    def forward(self, batch):
+        self.forwards += 1
+        return super().forward(batch)
+
+    def batches(self, limit=None, batch_size=None):
+        self.sizes.append(batch_size)
+        size = batch_size or 4  # the "per-device training batch"
+        chunks = [(self.x[i:i + size], self.y[i:i + size]) for i in range(0, 8, size)]
+        return iter(chunks[:limit])
+
+
+def _squared_grads(method: EWC, model: Toy, pairs) -> dict[str, torch.Tensor]:
+    live = {n: p for n, p in method.adapters.named_parameters([SLOT]).items() if p.requires_grad}
+    sums = {n: torch.zeros_like(p) for n, p in live.items()}
+    for x, y in pairs:
+        grads = torch.autograd.grad(model(x, y).loss, list(live.values()), allow_unused=True)
+        for n, g in zip(live, grads):
+            if g is not None:
+                sums[n] += g.pow(2)
+    return {n: s / len(pairs) for n, s in sums.items()}
+
+
+def test_per_sample_fisher_is_the_mean_of_per_sample_squared_gradients():
+    method, model = make()
+    method.params.fisher_batches = 8
+    method.begin_task(task(0))
+    fit = SampleFit(model)
+    method.end_task(task(0), fit)
+    assert fit.sizes == [1]
+    want = _squared_grads(method, model, [(fit.x[i:i + 1], fit.y[i:i + 1]) for i in range(8)])
+    assert all(torch.allclose(method.fishers[0][n], want[n], atol=1e-7) for n in want)
+
+
+def test_prism_batch_fisher_squares_whole_batch_gradients():
+    method, model = make()
+    method.params.fisher = "prism_batch"
+    method.begin_task(task(0))
+    fit = SampleFit(model)
+    method.end_task(task(0), fit)
+    assert fit.sizes == [None]  # the training batch size
+    want = _squared_grads(method, model, [(fit.x[:4], fit.y[:4]), (fit.x[4:], fit.y[4:])])
+    assert all(torch.allclose(method.fishers[0][n], want[n], atol=1e-7) for n in want)
+    per_sample, _ = make()
+    per_sample.params.fisher_batches = 8
+    per_sample.begin_task(task(0))
+    per_sample.end_task(task(0), SampleFit(per_sample.backbone.model))
+    used = next(n for n in want if n.startswith("used.lora_A"))
+    # squaring a batch's mean gradient averages disagreeing samples away: a smaller estimate
+    assert method.fishers[0][used].sum() < per_sample.fishers[0][used].sum()
+
+
+def _fisher_on_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        method, model = make()
+        method.params.fisher_batches = 8
+        method.begin_task(task(0))
+        fit = SampleFit(model)
+        method.end_task(task(0), fit)
+        torch.save({**method.fishers[0], "forwards": torch.tensor(fit.forwards)}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_the_fisher_batches_and_match_one_process(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fisher_on_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    single, model = make()
+    single.params.fisher_batches = 8
+    single.begin_task(task(0))
+    single.end_task(task(0), SampleFit(model))
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got.pop("forwards").item() == 4  # each rank squared half of the 8 gradients
+        assert all(torch.allclose(got[n], single.fishers[0][n], atol=1e-7) for n in got)

@@ -54,8 +54,36 @@ def train_task(method: OLoRA, model: Toy, index: int, steps: int = 20) -> None:
     method.end_task(task(index), None)
 
 
+def test_defaults_are_the_original_release():
+    params = OLoRAParams()
+    assert (params.r, params.alpha, params.dropout, params.rank_split) == (8, 32.0, 0.1, "per_task")
+    assert (params.lambda_orth, params.lambda_l2) == (0.5, 0.0)
+    assert OLoRA.config_defaults["train"] == {"lr": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0}
+    method, _ = make(rank_split="per_task")
+    assert method.slot_rank == 6 and method.slot_alpha == 6.0  # every task gets r, scaled alpha/r
+    method.begin_task(task(0))
+    assert method.adapters.spec("task0").scaling == 1.0
+
+
+def test_prism_split_scales_each_slot_by_alpha_over_total_rank():
+    method, _ = make(r=6, alpha=12, rank_split="prism")
+    method.begin_task(task(0))
+    spec = method.adapters.spec("task0")
+    assert spec.r == 2 and spec.scaling == 12 / 6  # alpha / r_total, not alpha / r_slot
+
+
+def test_config_defaults_give_constant_lr_unless_prism_toml_sets_it(tmp_path):
+    from prism.config import load_config
+
+    (tmp_path / "prism.toml").write_text('[method]\nid = "olora"\n')
+    cfg = load_config(tmp_path / "prism.toml", cwd=tmp_path, env={}).config
+    assert (cfg.train.lr, cfg.train.lr_scheduler, cfg.train.warmup_ratio) == (1e-3, "constant", 0.0)
+    (tmp_path / "prism.toml").write_text('[method]\nid = "olora"\n[train]\nlr = 2e-4\n')
+    assert load_config(tmp_path / "prism.toml", cwd=tmp_path, env={}).config.train.lr == 2e-4
+
+
 def test_rank_split_and_one_trainable_slot_per_task():
-    method, model = make()
+    method, model = make(rank_split="prism")
     assert method.slot_rank == 2  # r 6 over 3 tasks
     train_task(method, model, 0, steps=2)
     method.begin_task(task(1))
@@ -63,7 +91,7 @@ def test_rank_split_and_one_trainable_slot_per_task():
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for p in method.adapters.parameters(["task1"])}
     assert method.adapters.spec("task1").r == 2
-    assert make(r_per_task=4)[0].slot_rank == 4
+    assert make(r=4)[0].slot_rank == 4
 
 
 def test_overlap_with_earlier_slot_falls_during_training():
@@ -112,11 +140,17 @@ def test_inference_is_base_plus_sum_of_slot_deltas():
     assert torch.allclose(got, want, atol=1e-5)
 
 
-def test_l2_term_is_added():
+def test_l2_term_is_the_unsquared_norm_of_the_new_slot():
     method, model = make(lambda_orth=0.0, lambda_l2=0.1)
     method.begin_task(task(0))
+    with torch.no_grad():
+        for p in method.adapters.parameters(["task0"]):
+            p.fill_(0.5)
+    params = method.adapters.parameters(["task0"])
+    want = sum(0.5 * p.numel() ** 0.5 for p in params)  # ‖p‖₂ of a constant matrix, not ‖p‖²
     out = SimpleNamespace(loss=torch.tensor(1.0))
-    assert method.loss(task(0), None, out).item() > 1.0
+    got = method.loss(task(0), None, out).item()
+    assert abs(got - (1.0 + 0.1 * want)) < 1e-4
 
 
 def test_state_metadata_recreates_slots_before_adapters_load():
@@ -124,7 +158,7 @@ def test_state_metadata_recreates_slots_before_adapters_load():
     train_task(method, model, 0, steps=3)
     train_task(method, model, 1, steps=3)
     meta = method.state_metadata()
-    assert meta["slots"]["task1"]["r"] == 2
+    assert meta["slots"]["task1"]["r"] == 6
     other, _ = make()
     other.load_state({}, meta)
     assert other.adapters.slots == ["task0", "task1"]

@@ -30,13 +30,24 @@ def records_of(name: str, n: int = 40) -> list[dict]:
     return [{"id": f"{name}{i}", "question": f"q{i}", "_task": name} for i in range(n)]
 
 
+class ServedFit:
+    """A FitHandle whose step loop served the training list in a seeded shuffled order."""
+
+    def __init__(self, records: list[dict], seed: int) -> None:
+        self.order = list(records)
+        random.Random(seed).shuffle(self.order)
+
+    def served_records(self) -> list[dict]:
+        return list(self.order)
+
+
 def learn(method: ReplayLoRA, upto: int, n: int = 40) -> list[list[dict]]:
     """Run the data hooks for tasks 0..upto; returns what each task trained on."""
     trained = []
     for index in range(upto + 1):
         task = context(index, method.run.num_tasks)
         trained.append(method.training_records(task, records_of(NAMES[index], n)))
-        method.end_task(task, fit=None)
+        method.end_task(task, fit=ServedFit(trained[-1], seed=index))
     return trained
 
 
@@ -72,13 +83,18 @@ def test_reservoir_is_reproducible_and_uniformish():
     assert all(400 < counts[f"a{i}"] < 600 for i in range(20))
 
 
-def test_prism_p07_fills_in_data_order_with_probability_07():
+def test_prism_p07_fills_in_served_order_with_probability_07():
     method = make(capacity=30, sampling="prism_p07")
-    learn(method, 2)
-    for name, stored in method.buffer.items():
-        ids = [int(r["id"][1:]) for r in stored]
-        assert ids == sorted(ids) and len(ids) == 10
-        assert ids[-1] < 25  # slot filled early in the data, not spread over it
+    trained = learn(method, 2)
+    for index, (name, stored) in enumerate(method.buffer.items()):
+        served = ServedFit(trained[index], seed=index).order
+        positions = [served.index(r) for r in stored]
+        assert positions == sorted(positions) and len(positions) == 10  # kept as served, not in file order
+        assert positions[-1] < 25  # the slot fills early in the served stream
+        file_order = [trained[index].index(r) for r in stored]
+        assert file_order != sorted(file_order)  # the served order is shuffled, not the file's
+    # replayed rows are served too: task c's slot may hold rows of a and b, as PRISM's does
+    assert {r["_task"] for r in method.buffer["c"]} > {"c"}
     kept = sum(len(probabilistic_fill(records_of("a", 100), 100, random.Random(s), 0.7)) for s in range(50))
     assert 0.65 < kept / 5000 < 0.75
 
@@ -145,3 +161,37 @@ def test_engine_saves_buffer_and_resume_restores_it(project, monkeypatch):
     again = loop.train(resolve(project, *sets, method__id="replay_lora"))
     assert again.trained == [] and again.skipped == first.trained
     assert built[1].buffer == state["buffer"]
+
+
+def test_engine_serves_prism_rows_in_the_order_the_step_loop_trained_on(project, monkeypatch):
+    """fit.served_records() is exactly what the step loop fed the model, replayed rows included."""
+    from prism.methods.replay_lora import ReplayLoRA
+
+    seen: list[dict] = []
+    checks: list[tuple[list, list, list]] = []
+    original_end = ReplayLoRA.end_task
+
+    def spy_forward(self, batch, *, training):
+        if training:
+            seen.extend(batch.records)
+
+    def spy_end(self, task, fit):
+        served = fit.served_records()
+        checks.append((list(seen), served, []))
+        original_end(self, task, fit)
+        checks[-1][2].extend(self.buffer.get(task.name, []))
+        seen.clear()
+
+    monkeypatch.setattr(ReplayLoRA, "before_forward", spy_forward)
+    monkeypatch.setattr(ReplayLoRA, "end_task", spy_end)
+    sets = ("benchmark.tasks='0-1'", "method.replay_lora.capacity=6", "method.replay_lora.sampling='prism_p07'",
+            "train.max_steps=3", "train.global_batch_size=4", "train.micro_batch_size=2",
+            "train.eval_after_each_task=false")
+    from prism.engine.loop import train
+
+    train(resolve(project, *sets, method__id="replay_lora"))
+    (fed0, served0, stored0), (fed1, served1, _) = checks
+    assert len(fed0) == 12 and [r["id"] for r in served0] == [r["id"] for r in fed0]
+    assert [r["id"] for r in served1] == [r["id"] for r in fed1]
+    positions = [[r["id"] for r in served0].index(r["id"]) for r in stored0]
+    assert len(stored0) == 6 and positions == sorted(positions)  # task 0's slot, filled as served

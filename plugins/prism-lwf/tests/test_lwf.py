@@ -71,8 +71,15 @@ def test_distillation_loss_is_a_masked_tempered_kl():
     assert distillation_loss(logits, logits, labels, 2.0).item() == pytest.approx(0.0, abs=1e-6)
     teacher = torch.randn(2, 5, 7)
     t, s = (teacher[[0, 1], [2, 3]] / 3.0).softmax(-1), (logits[[0, 1], [2, 3]] / 3.0).softmax(-1)
-    expected = 9.0 * (t * (t.log() - s.log())).sum(-1).mean()
+    expected = (t * (t.log() - s.log())).sum(-1).mean()  # Li & Hoiem: no T² factor
     assert distillation_loss(logits, teacher, labels, 3.0).item() == pytest.approx(expected.item(), rel=1e-5)
+    hinton = distillation_loss(logits, teacher, labels, 3.0, t_squared=True).item()
+    assert hinton == pytest.approx(9.0 * expected.item(), rel=1e-5)
+
+
+def test_t_squared_is_an_explicit_option_off_by_default():
+    assert LwFParams().t_squared is False
+    assert LwFParams(t_squared=True).t_squared is True
 
 
 def test_no_distillation_on_the_first_task(make, batch):

@@ -54,6 +54,24 @@ class DataStream:
         self.offset += self.world
         return self.dataset.batch(chunk)
 
+    def served_indices(self, micro_batches: int) -> list[int]:
+        """Record indices of the first ``micro_batches`` global micro-batches, in serving order.
+
+        Every rank's share is included (micro-batch ``j`` of an epoch is rank ``j % world``'s),
+        so all ranks compute the same list. Call it on a fresh stream with the fit's seed.
+        """
+        served: list[int] = []
+        taken = 0
+        while taken < micro_batches:
+            if self.offset >= len(self._chunks):
+                self.epoch += 1
+                self.offset = 0
+                self._start_epoch()
+            served.extend(self._chunks[self.offset])
+            self.offset += 1
+            taken += 1
+        return served
+
     def state(self) -> tuple[torch.Tensor, dict[str, Any]]:
         return self._epoch_state.clone(), {"epoch": self.epoch, "offset": self.offset,
                                            "micro": self.micro, "world": self.world}

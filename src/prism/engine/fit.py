@@ -78,6 +78,8 @@ class TaskFitter(FitHandle):
         self.step_offset = step_offset
         #: prism.engine.zero.DeepSpeedRun when [distributed] backend = "deepspeed", else None
         self.deepspeed = deepspeed
+        #: (micro batch, processes, global micro-batches consumed) of the last fit
+        self._served: tuple[int, int, int] | None = None
 
     # -- FitHandle -------------------------------------------------------------
     def batches(self, limit: int | None = None, batch_size: int | None = None) -> Iterator[Batch]:
@@ -91,6 +93,13 @@ class TaskFitter(FitHandle):
     def forward(self, batch: Batch) -> Any:
         self.method.before_forward(batch, training=True)
         return self.model(**batch.model_inputs())
+
+    def served_records(self) -> list[dict]:
+        if self._served is None:
+            return []
+        micro, world, count = self._served
+        indices = DataStream(self.dataset, micro, self.seed, rank=0, world=world).served_indices(count)
+        return [self.dataset[i].record for i in indices]
 
     def steps(self) -> int:
         cfg = self.cfg
@@ -179,6 +188,7 @@ class TaskFitter(FitHandle):
         finally:
             metrics.close()
         result.seconds = time.perf_counter() - started
+        self._served = (micro, world, result.steps * accumulation * world)
         model.eval()
         if ds is not None:
             ds.after_fit(self.model)  # engine destroyed; ZeRO-3: parameters gathered until the next fit

@@ -45,12 +45,14 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
 
 def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> dict[str, Path]:
     """Heatmap, per-task line plot and the Markdown report next to the matrix."""
-    from prism.evaluation.plots import plot_heatmap, plot_task_curves
+    from prism.evaluation.plots import plot_heatmap, plot_task_curves, run_title
     from prism.evaluation.report import write_report
 
     results = layout.results_dir
-    heatmap = plot_heatmap(matrix, results / "accuracy_matrix.png")
-    curves = plot_task_curves(matrix, results / "task_curves.png")
+    run = {"method": layout.method, "benchmark": layout.benchmark, "backbone": layout.backbone}
+    heatmap = plot_heatmap(matrix, results / "accuracy_matrix.png", title=run_title("accuracy matrix", **run))
+    curves = plot_task_curves(matrix, results / "task_curves.png",
+                              title=run_title("score of each task over the sequence", **run))
     environment = {}
     run_file = results / "run.json"
     if run_file.is_file():

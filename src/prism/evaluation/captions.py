@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import Any, Mapping, Sequence
+import subprocess
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
 
 from prism.errors import DataError, PrismError
 from prism.evaluation._records import prediction_text, question_id
@@ -89,15 +91,42 @@ def simple_tokenize(caption: str) -> str:
     return " ".join(_NON_WORD.sub(" ", caption.lower()).split())
 
 
+class _StderrCapturingSubprocess:
+    """Stands in for the ``subprocess`` module inside pycocoevalcap's PTB tokenizer.
+
+    The tokenizer starts Java with stdout piped but stderr inherited, so Stanford's
+    "PTBTokenizer tokenized N tokens at ..." lines land on the user's terminal in the
+    middle of progress bars. Giving the child a stderr pipe keeps them (and any Java
+    error) out of the way; ``communicate`` reads both pipes, so nothing can block.
+    """
+
+    PIPE = subprocess.PIPE
+
+    @staticmethod
+    def Popen(*args: Any, **kwargs: Any) -> subprocess.Popen:  # noqa: N802 (the module's name)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        return subprocess.Popen(*args, **kwargs)
+
+
+@contextmanager
+def _quiet_ptb_tokenizer() -> Iterator[Any]:
+    from pycocoevalcap.tokenizer import ptbtokenizer
+
+    original = ptbtokenizer.subprocess
+    ptbtokenizer.subprocess = _StderrCapturingSubprocess  # type: ignore[assignment]
+    try:
+        yield ptbtokenizer.PTBTokenizer()
+    finally:
+        ptbtokenizer.subprocess = original
+
+
 def _tokenize(gts: dict[str, list[str]], res: dict[str, list[str]], use_java: bool,
               unavailable: dict[str, str]) -> tuple[dict[str, list[str]], dict[str, list[str]], bool]:
     if use_java:
         try:
-            from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-            tokenizer = PTBTokenizer()
-            gts_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in gts.items()})
-            res_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in res.items()})
+            with _quiet_ptb_tokenizer() as tokenizer:
+                gts_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in gts.items()})
+                res_tok = tokenizer.tokenize({k: [{"caption": c} for c in v] for k, v in res.items()})
             if gts_tok.keys() == gts.keys() and res_tok.keys() == res.keys():
                 return gts_tok, res_tok, True
             unavailable["PTBTokenizer"] = "the PTB tokenizer returned fewer lines than captions given"

@@ -1,7 +1,10 @@
 """PNG plots of an accuracy matrix.
 
 Figures are drawn on an explicit Agg canvas (no pyplot), so plotting works on
-headless machines and never switches the backend of a user's notebook.
+headless machines and never switches the backend of a user's notebook. Titles name
+the run (method, benchmark, backbone) so a plot pasted into a slide still says what
+it shows; in the heatmap a cell of a row not evaluated yet is hatched grey and
+labelled, while the upper triangle (a task not learned yet: undefined) stays blank.
 """
 
 from __future__ import annotations
@@ -30,9 +33,32 @@ def _save(figure, path: PathLike) -> Path:
     return target
 
 
+def run_title(kind: str, *, method: str | None = None, benchmark: str | None = None,
+              backbone: str | None = None) -> str:
+    """``"accuracy matrix — ft_lora on synthetic (llava)"``; the parts given, in that order."""
+    if not method and not benchmark:
+        return kind
+    run = method or "?"
+    if benchmark:
+        run += f" on {benchmark}"
+    if backbone:
+        run += f" ({backbone})"
+    return f"{kind} — {run}"
+
+
 def plot_heatmap(matrix: AccuracyMatrix, path: PathLike, *, title: str | None = None) -> Path:
     """Heatmap of a[t][i] (rows: after task t, columns: task i), values written in cells."""
+    return _save(heatmap_figure(matrix, title=title), path)
+
+
+def heatmap_figure(matrix: AccuracyMatrix, *, title: str | None = None):
+    """The heatmap as a matplotlib Figure (what ``plot_heatmap`` saves).
+
+    Lower-triangle cells without a score (a row not evaluated yet, or a cell whose
+    predictions are missing) are hatched grey with "not run"; the upper triangle is blank.
+    """
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     n = matrix.n_tasks
     values = np.array([[np.nan if v is None else v for v in row] for row in matrix.cells], dtype=float)
@@ -49,8 +75,12 @@ def plot_heatmap(matrix: AccuracyMatrix, path: PathLike, *, title: str | None = 
             if not np.isnan(values[t, i]):
                 colour = "black" if values[t, i] > 60 else "white"
                 axes.text(i, t, f"{values[t, i]:.1f}", ha="center", va="center", fontsize=8, color=colour)
+            else:
+                axes.add_patch(Rectangle((i - 0.5, t - 0.5), 1, 1, facecolor="0.85", edgecolor="0.55",
+                                         hatch="//", linewidth=0.5, gid="not-run"))
+                axes.text(i, t, "not run", ha="center", va="center", fontsize=7, color="0.3")
     axes.set_title(title or "accuracy matrix")
-    return _save(figure, path)
+    return figure
 
 
 def plot_task_curves(matrix: AccuracyMatrix, path: PathLike, *, title: str | None = None) -> Path:

@@ -101,6 +101,11 @@ class FitHandle:
     def forward(self, batch: "Batch") -> Any:
         raise NotImplementedError
 
+    def served_records(self) -> list[dict]:
+        """The training records in the order the step loop served them (every rank's share,
+        in global order; replayed records included), as recomputed from the task's seed."""
+        raise NotImplementedError
+
 
 @dataclass
 class RunInfo:

@@ -3,11 +3,20 @@
 Each task trains a fresh LoRA slot while earlier slots stay frozen but active, and the new
 slot's A is pushed orthogonal to every earlier A, so the new update lives in a subspace the
 old tasks do not use. At inference every slot is summed.
+
+Loss (paper, eq. 4): CE + λ1·Σ_{i<t} Σ_layers ‖A_t A_iᵀ‖₁ + λ2·Σ_{p ∈ {A_t, B_t}} ‖p‖₂ (the
+unsquared Frobenius norm of each new-slot matrix, as the original's ``torch.norm(p, p=2)``).
+
+Defaults are the original release's (O-LoRA ``src/run_uie_lora.py``): rank 8 *per task*,
+α 32, dropout 0.1, λ1 0.5, λ2 0, constant lr 1e-3 (set through ``config_defaults``: a
+prism.toml ``[train]`` table still wins). ``rank_split = "prism"`` selects LAMDA-CL PRISM's
+protocol instead: ``r`` is the total rank, split into one slot of r // T per task, each slot
+scaled by α / r_total (not α / r_slot).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -20,19 +29,27 @@ def slot_name(index: int) -> str:
 
 
 class OLoRAParams(LoRAParams):
-    """Original: λ1 = 0.5, λ2 = 0, constant lr 1e-3. PRISM: λ1 = 0.5, rank r split into one
-    slot per task (UCIT r=96 → 16 per task), attn+ffn. MCITlib: λ1 = 0.05."""
+    """Original (O-LoRA release): r 8 per task, α 32, dropout 0.1, λ1 = 0.5, λ2 = 0, constant
+    lr 1e-3. PRISM: λ1 = 0.5, rank r split into one slot per task (UCIT r=96 → 16 per task),
+    each slot scaled by α/r_total, attn+ffn, lr 2e-4 cosine. MCITlib: λ1 = 0.05."""
 
+    r: int = Field(8, ge=1, description="rank of each task's slot (original: 8); with rank_split='prism' "
+                   "the total rank, split over the tasks")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (original: 32); each slot is scaled by "
+                         "alpha/r, or alpha/r_total with rank_split='prism'")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA input (original: 0.1)")
+    rank_split: Literal["per_task", "prism"] = Field(
+        "per_task",
+        description="'per_task' (original): every task gets a slot of rank r, scaled by alpha/r; "
+        "'prism' (LAMDA-CL PRISM): r is the total rank, each task gets r // number of tasks "
+        "(at least 1), scaled by alpha/r",
+    )
     lambda_orth: float = Field(
         0.5, ge=0, description="λ1 on Σ_{i<t} ‖A_t A_iᵀ‖₁, the overlap with earlier slots (original/PRISM: 0.5; MCITlib: 0.05)"
     )
     lambda_l2: float = Field(
-        0.0, ge=0, description="λ2 on ‖A_t‖² + ‖B_t‖², the new slot's squared norm (original: 0)"
-    )
-    r_per_task: int | None = Field(
-        None, ge=1,
-        description="rank of each task's slot; None: r // number of tasks, at least 1 (PRISM's split). "
-        "alpha applies per slot, so each slot's update is scaled by alpha/r_per_task",
+        0.0, ge=0, description="λ2 on ‖A_t‖₂ + ‖B_t‖₂ summed over layers, the new slot's unsquared "
+        "Frobenius norms (original: 0)"
     )
 
 
@@ -40,6 +57,8 @@ class OLoRA(Method):
     id = "olora"
     summary = "a new LoRA slot per task, orthogonal to earlier slots; all slots summed at inference"
     Params = OLoRAParams
+    #: the original trains at a constant lr of 1e-3 (prism.toml's [train] values take precedence)
+    config_defaults = {"train": {"lr": 1e-3, "lr_scheduler": "constant", "warmup_ratio": 0.0}}
 
     def __init__(self, params: OLoRAParams, run: Any):
         super().__init__(params, run)
@@ -47,9 +66,16 @@ class OLoRA(Method):
 
     @property
     def slot_rank(self) -> int:
-        if self.params.r_per_task is not None:
-            return int(self.params.r_per_task)
-        return max(1, self.params.r // max(1, self.run.num_tasks))
+        if self.params.rank_split == "prism":
+            return max(1, self.params.r // max(1, self.run.num_tasks))
+        return int(self.params.r)
+
+    @property
+    def slot_alpha(self) -> float:
+        """The slot's alpha: its update is scaled by alpha/r_slot, or α/r_total under PRISM's split."""
+        if self.params.rank_split == "prism":
+            return float(self.params.alpha) * self.slot_rank / float(self.params.r)
+        return float(self.params.alpha)
 
     # -- set-up ----------------------------------------------------------------------------
     def attach(self, backbone) -> None:
@@ -62,7 +88,7 @@ class OLoRA(Method):
         """Add this task's slot, train only it; earlier slots stay in the (summed) forward."""
         assert self.adapters is not None
         name = slot_name(task.index)
-        self.adapters.add_slot(name, r=self.slot_rank, alpha=self.params.alpha, dropout=self.params.dropout,
+        self.adapters.add_slot(name, r=self.slot_rank, alpha=self.slot_alpha, dropout=self.params.dropout,
                                seed=self.run.seed + task.index, exist_ok=True)
         self.adapters.set_trainable([name])
         self.adapters.activate(None)
@@ -90,10 +116,10 @@ class OLoRA(Method):
         return total if total is not None else torch.zeros(())
 
     def l2(self) -> torch.Tensor:
-        """‖A_t‖² + ‖B_t‖² summed over layers."""
+        """Σ_layers (‖A_t‖₂ + ‖B_t‖₂): unsquared Frobenius norms, as in the original."""
         assert self.adapters is not None and self.current is not None
         params = self.adapters.parameters([self.current])
-        return sum((p.pow(2).sum() for p in params), torch.zeros((), device=params[0].device))
+        return sum((torch.linalg.vector_norm(p) for p in params), torch.zeros((), device=params[0].device))
 
     def loss(self, task: TaskContext, batch, outputs) -> torch.Tensor:
         loss = outputs.loss

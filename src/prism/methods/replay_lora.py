@@ -33,8 +33,9 @@ class ReplayLoRAParams(FineTuneLoRAParams):
     sampling: Literal["reservoir", "prism_p07"] = Field(
         "reservoir",
         description="how a finished task fills its slot: 'reservoir' = uniform random sample of its "
-                    "records; 'prism_p07' = PRISM's rule, each record kept with probability 0.7 in "
-                    "data order until the slot is full (biased towards early records)",
+                    "own records; 'prism_p07' = PRISM's rule, each row kept with probability 0.7 as the "
+                    "training batches served it (shuffled order, replayed rows included) until the slot "
+                    "is full",
     )
     mix: Literal["concat", "ratio"] = Field(
         "concat",
@@ -94,7 +95,9 @@ class ReplayLoRA(FineTuneLoRA):
         if self.params.sampling == "reservoir":
             chosen = reservoir_sample(records, self.slot_size, rng)
         else:
-            chosen = probabilistic_fill(records, self.slot_size, rng, PRISM_KEEP_PROBABILITY)
+            # PRISM stores rows as its dataloader serves them: in the task's shuffled training
+            # order, buffer rows replayed in this task included
+            chosen = probabilistic_fill(fit.served_records(), self.slot_size, rng, PRISM_KEEP_PROBABILITY)
         self.buffer[task.name] = [copy.deepcopy(r) for r in chosen]
 
     def _rng(self, task_index: int, stream: int) -> random.Random:
@@ -125,7 +128,8 @@ def reservoir_sample(records: list[dict], k: int, rng: random.Random) -> list[di
 
 
 def probabilistic_fill(records: list[dict], k: int, rng: random.Random, p: float) -> list[dict]:
-    """PRISM's rule: walk the records in order, keep each with probability ``p`` until ``k`` are kept."""
+    """PRISM's rule: walk the rows in the order given (as served), keep each with probability ``p``
+    until ``k`` are kept."""
     kept: list[dict] = []
     for record in records:
         if len(kept) >= k:

@@ -9,8 +9,11 @@ teacher is a second, frozen adapter slot holding a copy of the student's
 weights taken in ``end_task``. The teacher's logits come from a no-grad forward
 with only that slot active; the student's forward is the engine's own.
 
-Loss = CE + λ · T² · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over
-the supervised (answer) positions.
+Loss = CE + λ · KL(softmax(teacher/T) ‖ softmax(student/T)), averaged over the
+supervised (answer) positions — Li & Hoiem's distillation term (their cross-entropy
+with the teacher's soft targets differs from this KL by the teacher's entropy, a
+constant). ``t_squared = true`` multiplies it by T², Hinton et al.'s factor that keeps
+the gradient's scale independent of T.
 
 Nothing here imports torch at module level: ``prism methods show lwf`` and
 shell completion load this class.
@@ -45,6 +48,9 @@ class LwFParams(LoRAParams):
     )
     lambda_distill: float = Field(1.0, ge=0, description="weight λ of the distillation term (0: ft_lora)")
     temperature: float = Field(2.0, gt=0, description="softmax temperature T of teacher and student")
+    t_squared: bool = Field(
+        False, description="multiply the distillation term by T² (Hinton et al.); Li & Hoiem do not"
+    )
 
 
 class LwF(Method):
@@ -116,7 +122,7 @@ class LwF(Method):
         if not self.has_teacher or p.lambda_distill == 0 or batch.labels is None:
             return outputs.loss
         teacher = self.teacher_logits(batch)
-        term = distillation_loss(outputs.logits, teacher, batch.labels, p.temperature)
+        term = distillation_loss(outputs.logits, teacher, batch.labels, p.temperature, t_squared=p.t_squared)
         return outputs.loss + p.lambda_distill * term
 
     def teacher_logits(self, batch: "Batch") -> "torch.Tensor":
@@ -161,12 +167,12 @@ class LwF(Method):
 
 
 def distillation_loss(student_logits: "torch.Tensor", teacher_logits: "torch.Tensor",
-                      labels: "torch.Tensor", temperature: float) -> "torch.Tensor":
-    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)), mean over supervised positions.
+                      labels: "torch.Tensor", temperature: float, *, t_squared: bool = False) -> "torch.Tensor":
+    """KL(softmax(teacher/T) ‖ softmax(student/T)), mean over supervised positions (× T² if asked).
 
     Logits at position i predict token i+1, so the answer tokens ``labels[:, 1:]``
     select ``logits[:, :-1]`` (the shift transformers' causal-LM loss uses).
-    The T² factor keeps the gradient's scale independent of T (Hinton et al.).
+    The optional T² factor keeps the gradient's scale independent of T (Hinton et al.).
     """
     import torch.nn.functional as F
 
@@ -179,4 +185,4 @@ def distillation_loss(student_logits: "torch.Tensor", teacher_logits: "torch.Ten
     teacher = teacher_logits[:, :-1][mask].float().detach() / temperature
     kl = F.kl_div(F.log_softmax(student, dim=-1), F.log_softmax(teacher, dim=-1),
                   log_target=True, reduction="batchmean")
-    return kl * temperature**2
+    return kl * temperature**2 if t_squared else kl
