@@ -495,5 +495,7 @@ def test_cli_adapter_only_export_as_json(runs, tmp_path):
                       str(tmp_path / "olora"), "--adapter-only", "--json"], cwd=project)
     assert result.code == 0, result
     record = json.loads(result.stdout)
-    assert record["kind"] == "peft-lora" and record["lora"]["r"] == 6 and record["merge"]["kind"] == "sum"
+    slots = json.loads((checkpoint / "prism_state.json").read_text())["method_state"]["slots"]
+    assert len(slots) == 3 and record["lora"]["r"] == sum(spec["r"] for spec in slots.values())
+    assert record["kind"] == "peft-lora" and record["merge"]["kind"] == "sum"
     assert record["output"] == str((tmp_path / "olora").resolve())
