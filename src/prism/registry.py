@@ -45,13 +45,26 @@ class Entry:
             obj = module
             for part in attr.split("."):
                 obj = getattr(obj, part)
-        except Exception as exc:  # a plugin's import error must name the plugin
+        except KeyboardInterrupt:  # Ctrl-C stops prism, whoever was importing
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a sys.exit at import too must name the plugin
             raise PluginError(
                 f"could not load {self.id!r} ({self.target}) from {self.provider}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{_failure(exc, module_name)}"
             ) from exc
         self._loaded = obj
         return obj
+
+
+def _failure(exc: BaseException, module_name: str) -> str:
+    """An import error as ``Type: message``; an exit (SystemExit, any BaseException) says so,
+    because it would otherwise end prism silently."""
+    if isinstance(exc, Exception):
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SystemExit):
+        return f"module {module_name} tried to exit the process while loading (SystemExit({exc.code!r}))"
+    detail = f": {exc}" if str(exc) else ""
+    return f"module {module_name} raised {type(exc).__name__}{detail} while loading (a BaseException)"
 
 
 def did_you_mean(name: str, choices: list[str] | Iterator[str]) -> str:

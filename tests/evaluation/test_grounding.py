@@ -21,6 +21,9 @@ def rec(text, answer=GT, qid=0):
         (" [0.1,0.2,0.5,0.8] ", (0.1, 0.2, 0.5, 0.8)),
         ("0.1, 0.2, 0.5, 0.8", (0.1, 0.2, 0.5, 0.8)),
         ("(0, .2, 1, 1.0).", (0.0, 0.2, 1.0, 1.0)),
+        ("[[0.41, 0.06, 0.61, 0.26]]", (0.41, 0.06, 0.61, 0.26)),  # extra brackets, as CoIN reads them
+        (" [ [0.41,0.06,0.61,0.26] ] .", (0.41, 0.06, 0.61, 0.26)),
+        ("[[0.1, 0.2], [0.5, 0.78]]", None),  # two points: not one box
         ("[0.1, 0.2, 0.5]", None),  # 3 numbers
         ("[0.1, 0.2, 0.5, 0.7, 0.9]", None),  # 5 numbers
         ("The dog on the left.", None),  # a sentence
@@ -71,3 +74,10 @@ def test_iou50_coin_compat_reproduces_the_published_bug():
 def test_bad_ground_truth_box_is_a_data_error():
     with pytest.raises(DataError, match="question_id 3"):
         iou50([rec("[0, 0, 1, 1]", answer="left", qid=3)])
+
+
+def test_a_target_box_in_extra_brackets_or_a_nested_list_is_read():
+    preds = [rec("[0.1, 0.1, 0.5, 0.5]", answer="[[0.1, 0.1, 0.5, 0.5]]"),
+             rec("[0.1, 0.1, 0.5, 0.5]", answer=[[0.1, 0.1, 0.5, 0.5]], qid=1),
+             rec("[[0.1, 0.1, 0.5, 0.5]]", qid=2)]  # used to be a miss: the output was not parsed
+    assert iou50(preds).per_item == [100.0, 100.0, 100.0]

@@ -171,3 +171,72 @@ def test_cli_strict_mode_fails_with_one_message(broken_project):
     assert sum(line.startswith("error:") for line in result.stderr.splitlines()) == 1
     assert "failed to load local:argy" in result.stderr
     assert "unset PRISM_STRICT_PLUGINS" in result.stderr
+
+
+# -- a registered target whose module exits when first loaded -------------------------------------
+def test_a_target_module_that_exits_at_import_is_a_plugin_error_naming_entry_and_module(tmp_path, monkeypatch):
+    from prism.registry import Registry
+
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n", encoding="utf-8")
+    (tmp_path / "stops_at_import.py").write_text("raise GeneratorExit('stop')\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry = Registry("method")
+    registry.add("quitter", "exits_at_import:Method", provider="local:quitter")
+    registry.add("stopper", "stops_at_import:Method", provider="local:stopper")
+    with pytest.raises(PluginError) as err:  # used to be a SystemExit(0): prism ended, silently, with 0
+        registry.load("quitter")
+    assert str(err.value) == ("could not load 'quitter' (exits_at_import:Method) from local:quitter: module "
+                              "exits_at_import tried to exit the process while loading (SystemExit(0))")
+    assert isinstance(err.value.__cause__, SystemExit)
+    with pytest.raises(PluginError, match=r"module stops_at_import raised GeneratorExit: stop while loading"):
+        registry.load("stopper")
+
+
+def test_a_target_module_that_calls_ctrl_c_still_stops_prism(tmp_path, monkeypatch):
+    from prism.registry import Registry
+
+    (tmp_path / "ctrl_c_at_import.py").write_text("raise KeyboardInterrupt\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry = Registry("method")
+    registry.add("ctrl_c", "ctrl_c_at_import:Method", provider="local:ctrl_c")
+    with pytest.raises(KeyboardInterrupt):
+        registry.load("ctrl_c")
+
+
+def test_cli_methods_show_of_a_method_whose_module_exits_fails_with_one_message(tmp_path):
+    import os
+
+    shutil.copy(REPO / "prism.toml", tmp_path / "prism.toml")
+    modules = tmp_path / "site"
+    modules.mkdir()
+    (modules / "exiting_method.py").write_text("import sys\nsys.exit(0)\n", encoding="utf-8")
+    _plugins(tmp_path, exity=_hook("register_methods",
+                                   'register("exity", "exiting_method:Exity", "its module exits")'))
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH", ""), str(modules)) if p)
+    result = run_cli(["methods", "show", "exity"], cwd=tmp_path, env={"PYTHONPATH": path, "COLUMNS": "400"})
+    assert result.code == 1, result  # was 0, with nothing printed
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    plugin_file = tmp_path / "plugins" / "exity.py"
+    assert errors == [f"error: could not load 'exity' (exiting_method:Exity) from local:{plugin_file}: module "
+                      "exiting_method tried to exit the process while loading (SystemExit(0))"]
+    assert "Traceback" not in result.stderr
+
+
+# -- main(): plugin loading runs inside the error handling ---------------------------------------
+def test_ctrl_c_while_plugins_load_is_interrupted_exit_130(tmp_path):
+    _plugins(tmp_path, ctrl_c="raise KeyboardInterrupt\n")
+    result = run_cli(["methods", "list"], cwd=tmp_path)
+    assert result.code == 130, result
+    assert result.stderr == "interrupted\n" and result.stdout == ""
+
+
+def test_strict_mode_error_while_plugins_load_has_a_traceback_only_with_prism_debug(tmp_path):
+    _plugins(tmp_path, boom="raise RuntimeError('boom at import')\n")
+    result = run_cli(["methods", "list"], cwd=tmp_path, env={"PRISM_STRICT_PLUGINS": "1"})
+    assert result.code == 1, result
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: RuntimeError: boom at import"]
+    assert "PRISM_DEBUG=1" in result.stderr
+    debug = run_cli(["methods", "list"], cwd=tmp_path, env={"PRISM_STRICT_PLUGINS": "1", "PRISM_DEBUG": "1"})
+    assert debug.code == 1 and "Traceback" in debug.stderr and "boom at import" in debug.stderr

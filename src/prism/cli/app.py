@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     from prism.cli import common
 
     common.INVOCATION[:] = list(sys.argv[1:] if argv is None else argv)
-    application = build_app()
     try:
-        result = application(args=argv, prog_name="prism", standalone_mode=False)
+        # Plugins load here: Ctrl-C or a strict-mode plugin error must get the same handling
+        # as one raised by a command (no traceback unless PRISM_DEBUG=1).
+        result = build_app()(args=argv, prog_name="prism", standalone_mode=False)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         sys.exit(130)

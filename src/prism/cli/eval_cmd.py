@@ -72,26 +72,55 @@ def register(app: typer.Typer) -> None:
         predictions: Annotated[Path, typer.Argument(help="Prediction JSONL file.")],
         metric: Annotated[str, typer.Option("--metric", help="Metric id (e.g. exact_match, coco_caption).",
                                                  autocompletion=complete_metric)],
-        gt: Annotated[Optional[Path], typer.Option("--gt", help="COCO-format ground truth (caption metrics).")] = None,
+        gt: Annotated[Optional[Path], typer.Option(
+            "--gt", help="Official ground truth, joined by question_id (captions: by image): a test JSON, "
+                         "TextVQA/VQAv2 annotations or COCO caption ground truth. Without it the "
+                         "predictions' own 'answer' fields are used.")] = None,
         json_: JsonOpt = False,
     ) -> None:
-        """Re-score one prediction file offline."""
+        """Re-score one prediction file offline, e.g. one written by another MCIT tool (with --gt)."""
+        from rich.markup import escape
+
         from prism.cli.common import project_dir_for_plugins
         from prism.errors import UsageError
-        from prism.evaluation.metrics import load_coco_gt, load_predictions
+        from prism.evaluation.ground_truth import CAPTIONS, load_ground_truth, score_against
+        from prism.evaluation.metrics import load_predictions
         from prism.plugins import registry
 
         if not predictions.is_file():
             raise UsageError(f"prediction file {predictions} does not exist")
+        if gt is not None and not gt.is_file():
+            raise UsageError(f"ground-truth file {gt} does not exist")
         fn = registry("metric", project_dir_for_plugins()).load(metric)
-        result = fn(load_predictions(predictions, allow_empty=False), gt=load_coco_gt(gt) if gt else None)
+        records = load_predictions(predictions, allow_empty=False)
+        truth = load_ground_truth(gt) if gt is not None else None
+        if truth is None:
+            result, join = fn(records, gt=None), None
+        else:
+            result, join = score_against(fn, records, truth, metric_id=metric, predictions_source=str(predictions))
         data = result.to_dict()
         if json_:
-            emit_json({"file": str(predictions), "metric": metric, **data})
+            out = {"file": str(predictions), "metric": metric, **data}
+            if truth is not None and join is not None:
+                out["ground_truth"] = {"file": truth.source, "layout": truth.layout,
+                                       "predictions_without_gt": join.without_gt,
+                                       "gt_without_prediction": join.without_prediction}
+            emit_json(out)
             return
         console = stderr_console()
         console.print(f"{metric}: [bold]{result.score:.2f}[/] over {result.n} predictions")
+        if truth is not None and join is not None:
+            unit = "ground-truth images" if truth.kind == CAPTIONS else "ground-truth questions"
+            console.print(escape(f"ground truth: {truth.source} ({truth.layout}); {len(join.without_gt)} predictions "
+                                 f"without ground truth, {len(join.without_prediction)} {unit} without prediction"))
+            if join.without_gt:
+                console.print(escape(f"  not scored (no ground truth): question_id {_first(join.without_gt)}"))
         for key, value in (data.get("details") or {}).items():
             console.print(f"  {key}: {value}")
         for key, reason in (data.get("unavailable") or {}).items():
             console.print(f"  {key}: unavailable ({reason})")
+
+
+def _first(ids: list, limit: int = 5) -> str:
+    """A few ids, for a line a person reads."""
+    return ", ".join(repr(i) for i in ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")

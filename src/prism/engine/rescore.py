@@ -9,7 +9,7 @@ from typing import Any
 from prism.engine.loop import CL_METRICS_FILE, MATRIX_FILE
 from prism.engine.scoring import score_task
 from prism.engine.session import plan_run
-from prism.errors import PrismError
+from prism.errors import DataError, PrismError
 
 
 def rescore(resolved: Any) -> tuple[Any, Any, dict]:
@@ -30,6 +30,8 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
                 continue
             found = True
             predictions = load_predictions(path)
+            if not predictions:
+                _check_test_set_is_empty(path, spec, root, resolved.config.benchmark.max_test_samples)
             matrix.set(position, i, score_task(spec, root, predictions, resolved.project_dir).score)
     if not found:
         raise PrismError(f"no prediction files under {layout.predictions_dir}",
@@ -41,6 +43,25 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
     matrix.save(layout.results_dir / MATRIX_FILE)
     write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)
     return layout, matrix, summary
+
+
+def _check_test_set_is_empty(path: Path, spec: Any, root: Path, max_samples: int | None) -> None:
+    """A run's prediction file without a single line is damage (a lost write, an inference killed
+    before its first batch), not a 0.0, unless the task has no test question at all."""
+    from prism.benchmarks.data import load_test_records
+
+    hint = (f"rerun `prism infer` for this run to regenerate it (lines already written are kept), "
+            f"or delete {path.name} to leave the cell empty")
+    try:
+        questions = len(load_test_records(root, spec, max_samples=max_samples))
+    except DataError as exc:
+        raise DataError(f"prediction file {path} holds no prediction, and task {spec.name}'s test set "
+                        f"could not be read to tell whether it has any question: {exc.message}",
+                        hint=hint) from exc
+    if questions:
+        raise DataError(f"prediction file {path} holds no prediction, but task {spec.name} has "
+                        f"{questions} test question(s): the file is damaged or its inference never "
+                        "wrote a batch", hint=hint)
 
 
 def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> dict[str, Path]:

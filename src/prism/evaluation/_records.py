@@ -6,6 +6,7 @@ Metrics receive records without file positions, so errors name the
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 from prism.errors import DataError
@@ -58,5 +59,8 @@ def answer_strings(answer: Any, record: Mapping[str, Any]) -> list[str]:
 
 
 def mean_percent(values: Sequence[float]) -> float:
-    """Mean of 0-100 per-item values; an empty task scores 0.0 (n says why)."""
-    return sum(values) / len(values) if values else 0.0
+    """Mean of 0-100 per-item values; an empty task scores 0.0 (n says why).
+
+    ``fsum`` is exactly rounded, so the mean does not depend on the order of the
+    predictions (a plain ``sum`` can differ in the last digit between orders)."""
+    return math.fsum(values) / len(values) if values else 0.0

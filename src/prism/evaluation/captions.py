@@ -37,46 +37,76 @@ def _image_name(record: Mapping[str, Any]) -> str | None:
     return os.path.basename(str(image).replace("\\", "/")) if image else None
 
 
-class _Matcher:
-    """Maps a prediction to a gt image key (the image id as a string).
+def _file_aliases(file_name: str) -> set[str]:
+    """The names a question_id may give an image by: its file_name, its base name (no folders),
+    each with or without the extension (``VizWiz_val_00000017`` for ``val/VizWiz_val_00000017.jpg``)."""
+    path = file_name.replace("\\", "/")
+    base = os.path.basename(path)
+    return {path, os.path.splitext(path)[0], base, os.path.splitext(base)[0]}
 
-    The id is used when ``question_id`` is a gt image id and the prediction's
-    image file (if it names one) is that image; otherwise the file name decides.
-    A disagreement between the two is resolved by the file name (it is what the
-    model saw) and counted.
+
+class _Matcher:
+    """Maps a prediction to a gt image key (the image id as a string); never by position.
+
+    In order: the ``question_id`` is a gt image id and the prediction's image file
+    (if it names one) is that image; else the prediction's image file
+    (``metadata.image``) names one gt image; else, when the prediction names no
+    image, the ``question_id`` is one gt image's file name with or without
+    extension or folders (UCIT's caption test files and HiDe-LLaVA's merged
+    prediction files use the file stem). A disagreement between id and file name
+    is resolved by the file name (it is what the model saw) and counted.
     """
 
     def __init__(self, images: list[dict[str, Any]]):
         self.name_of: dict[str, str] = {}
         self.ids_by_name: dict[str, list[str]] = {}
+        self.ids_by_alias: dict[str, list[str]] = {}
         for image in images:
             key = str(image["id"])
             name = os.path.basename(image["file_name"].replace("\\", "/"))
             self.name_of[key] = name
             self.ids_by_name.setdefault(name, []).append(key)
+            for alias in _file_aliases(image["file_name"]):
+                self.ids_by_alias.setdefault(alias, []).append(key)
         self.by_id = 0
         self.by_file_name = 0
+        self.by_question_id_file_name = 0
         self.conflicts = 0
 
-    def match(self, record: Mapping[str, Any]) -> str:
+    def find(self, record: Mapping[str, Any]) -> tuple[str | None, str]:
+        """The gt image key of ``record``, or None and why it matches none."""
         qid = str(record.get("question_id"))
         name = _image_name(record)
         named = self.ids_by_name.get(name, []) if name else []
         if qid in self.name_of and (name is None or self.name_of[qid] == name):
             self.by_id += 1
-            return qid
+            return qid, ""
         if len(named) == 1:
             self.by_file_name += 1
             self.conflicts += qid in self.name_of
-            return named[0]
-        why = (f"file name {name!r} is shared by {len(named)} ground-truth images" if len(named) > 1
-               else f"and its image {name!r} is not a ground-truth file_name" if name
-               else "and it names no image (metadata.image)")
-        raise DataError(
-            f"caption prediction with question_id {question_id(record)!r} matches no "
-            f"ground-truth image: its question_id is not an image id {why}",
-            hint="predictions must come from the same test split as the caption ground truth",
-        )
+            return named[0], ""
+        aliased = self.ids_by_alias.get(qid, []) if name is None else []
+        if len(aliased) == 1:
+            self.by_question_id_file_name += 1
+            return aliased[0], ""
+        if len(named) > 1:
+            return None, f"its file name {name!r} is shared by {len(named)} ground-truth images"
+        if len(aliased) > 1:
+            return None, f"its question_id is the file name of {len(aliased)} ground-truth images"
+        if name:
+            return None, f"its question_id is not an image id and its image {name!r} is not a ground-truth file_name"
+        return None, ("its question_id is neither an image id nor an image's file name, and it names "
+                      "no image (metadata.image)")
+
+    def match(self, record: Mapping[str, Any]) -> str:
+        key, why = self.find(record)
+        if key is None:
+            raise DataError(
+                f"caption prediction with question_id {question_id(record)!r} matches no "
+                f"ground-truth image: {why}",
+                hint="predictions must come from the same test split as the caption ground truth",
+            )
+        return key
 
 
 # --------------------------------------------------------------------------- tokenization
@@ -216,7 +246,8 @@ def coco_caption(predictions: Sequence[dict[str, Any]], *, gt: dict | str | os.P
 
     ``gt`` is the COCO caption ground truth (a dict as from ``load_coco_gt`` or
     its path). Each prediction is matched to a gt image by ``question_id`` (an
-    image id) or by the file name of ``metadata.image``; a prediction that
+    image id, or the image's file name with or without extension and folders)
+    or by the file name of ``metadata.image`` (see ``_Matcher``); a prediction that
     matches nothing, or two predictions for one image, is a ``DataError``. Gt
     images without a prediction are counted in ``details["missing_predictions"]``
     and not scored (as COCOEvalCap scores the images that have results).
@@ -258,6 +289,7 @@ def coco_caption(predictions: Sequence[dict[str, Any]], *, gt: dict | str | os.P
         "missing_predictions": float(len(gt["images"]) - len(key_of_item)),
         "matched_by_question_id": float(matcher.by_id),
         "matched_by_file_name": float(matcher.by_file_name),
+        "matched_by_question_id_as_file_name": float(matcher.by_question_id_file_name),
         "id_file_name_conflicts": float(matcher.conflicts),
     }
     if not key_of_item:
@@ -292,3 +324,8 @@ def coco_caption(predictions: Sequence[dict[str, Any]], *, gt: dict | str | os.P
     ]
     return MetricResult(score=score, n=len(key_of_item), per_item=per_item,
                         details=details, unavailable=unavailable)
+
+
+#: The ground truth this metric reads (see ``prism.evaluation.ground_truth.gt_kind``): COCO
+#: caption files, joined to predictions by image, not question_id -> answer mappings.
+coco_caption.gt_kind = "captions"  # type: ignore[attr-defined]

@@ -24,15 +24,16 @@ from prism.evaluation.result import MetricResult
 Box = tuple[float, float, float, float]
 
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
-# The whole output must be one box: optional brackets, four comma-separated
-# numbers, an optional full stop. A sentence, 3 or 5 numbers, or nothing is a miss.
+# The whole output must be one box: brackets (any number of them, as CoIN's evaluator
+# deletes them all: "[[0.41, 0.06, 0.61, 0.26]]" is a box), four comma-separated numbers,
+# an optional full stop. A sentence, 3 or 5 numbers, or nothing is a miss.
 _BOX_TEXT = re.compile(
-    rf"^[\[(]?\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*[\])]?\.?$"
+    rf"^[\[(\s]*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})[\])\s]*\.?$"
 )
 
 
 def parse_box(text: str) -> Box | None:
-    """``"[0.1, 0.2, 0.5, 0.78]"`` -> (0.1, 0.2, 0.5, 0.78); anything else -> None."""
+    """``"[0.1, 0.2, 0.5, 0.78]"`` (or ``"[[...]]"``) -> (0.1, 0.2, 0.5, 0.78); anything else -> None."""
     m = _BOX_TEXT.match(text.strip())
     if not m:
         return None
@@ -65,7 +66,11 @@ def box_iou(a: Box, b: Box) -> float:
 
 
 def _target_box(answer: Any, record: dict[str, Any]) -> Box:
+    """The ground-truth box: text as the model writes it, or a list of four numbers
+    (also wrapped in one more list, ``[[x1, y1, x2, y2]]``)."""
     box: Box | None = None
+    if isinstance(answer, Sequence) and not isinstance(answer, str) and len(answer) == 1:
+        answer = answer[0]
     if isinstance(answer, str):
         box = parse_box(answer)
     elif isinstance(answer, Sequence) and len(answer) == 4:

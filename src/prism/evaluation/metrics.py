@@ -4,8 +4,9 @@ Every metric is ``metric(predictions, *, gt=None, options=None) -> MetricResult`
 where ``predictions`` are prediction records (``question_id``, ``text``,
 ``answer``, ``metadata``...). For item-level metrics ``gt`` may map
 question_id -> answer (it wins over the record's ``answer``); for
-``coco_caption`` it is the COCO caption ground truth. The implementations live
-in small modules; this module is the stable import path.
+``coco_caption`` it is the COCO caption ground truth. ``prism.evaluation.ground_truth``
+reads the official ground-truth files and joins them to predictions for any metric.
+The implementations live in small modules; this module is the stable import path.
 """
 
 from __future__ import annotations
