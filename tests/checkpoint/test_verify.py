@@ -105,6 +105,14 @@ def test_a_manifest_regenerated_over_a_corrupt_file_does_not_hide_it(run_copy, f
     assert "manifest" not in problems[0]
 
 
+@pytest.mark.parametrize("file", ["prism_state.json", "adapter_config.json"])
+def test_json_core_files_must_be_objects(run_copy, file):
+    folder = checkpoint(run_copy)
+    (folder / file).write_text("[]")
+    remanifest(folder)
+    assert store.verify_task_checkpoint(folder) == [f"{file}: not a JSON object"]
+
+
 def test_a_manifest_entry_outside_the_folder_is_a_problem(run_copy):
     folder = checkpoint(run_copy)
     manifest = json.loads((folder / "manifest.json").read_text())

@@ -228,9 +228,9 @@ def task_checkpoint_problems(folder: Path, *, hashes: bool = True, adapters: boo
                 found[name] = "missing, and not listed in the manifest"
         elif present and name not in found and name != STATE_JSON:
             try:
-                if name.endswith(".json"):
-                    _parse_json(folder / name)
-                else:
+                if name.endswith(".json") and not isinstance(_parse_json(folder / name), dict):
+                    found[name] = "not a JSON object"
+                elif not name.endswith(".json"):
                     read_header(folder / name)
             except (ValueError, TensorFileError) as exc:
                 found[name] = str(exc)
