@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 import time
 from pathlib import Path
+
+#: ``.<name>.tmp-<pid>[-<ns>]``: the temporary sibling a writer fills before the rename
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:-\d+)?$")
 
 
 def replace_folder(tmp: Path, final: Path) -> None:
@@ -21,3 +26,44 @@ def replace_folder(tmp: Path, final: Path) -> None:
     os.rename(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def temporary_sibling(final: Path) -> Path:
+    """Where to write ``final`` before ``replace_folder``: a hidden sibling named after this process.
+
+    The process id in the name lets a later run tell a killed writer's leftovers
+    from the folder of a writer still running (``remove_stale_temporaries``).
+    """
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (True when that cannot be told: nothing is deleted then)."""
+    if os.name != "posix":
+        return True  # os.kill(pid, 0) would terminate it on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Delete the temporary siblings of ``final`` whose writer no longer runs (killed mid-write).
+
+    A temporary folder of a live process (another writer at work) is left alone.
+    Returns the folders removed.
+    """
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for path in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        match = _TEMPORARY.match(path.name)
+        if match is None or match["name"] != final.name or not path.is_dir() or path.is_symlink():
+            continue
+        if not process_alive(int(match["pid"])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

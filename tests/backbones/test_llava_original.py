@@ -1,7 +1,8 @@
 """The original LLaVA-1.5 release format: detected, converted on load and by `prism ckpt convert`.
 
 A tiny checkpoint in the release's own layout is written locally (flat Llama
-config + mm_* keys, fp16 ``.bin`` shards with an index, a sentencepiece
+config + mm_* keys, fp16 safetensors shards with an index — prism reads no
+``.bin`` pickles, tests/checkpoint/test_convert_safety.py — a sentencepiece
 ``tokenizer.model``, a separate CLIP tower folder with the old integer
 preprocessor config), and the converted model is checked against a forward
 pass computed straight from the original weights, the way LLaVA's code does it.
@@ -112,15 +113,17 @@ def _original_weights(vocab_size: int) -> dict[str, torch.Tensor]:
 
 
 def _write_shards(folder: Path, state: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
     names = sorted(state)
-    shards = {"pytorch_model-00001-of-00002.bin": [k for k in names if "layers.1." not in k],
-              "pytorch_model-00002-of-00002.bin": [k for k in names if "layers.1." in k]}
+    shards = {"model-00001-of-00002.safetensors": [k for k in names if "layers.1." not in k],
+              "model-00002-of-00002.safetensors": [k for k in names if "layers.1." in k]}
     weight_map = {}
     for file, keys in shards.items():
-        torch.save({k: state[k] for k in keys}, folder / file)
+        save_file({k: state[k].contiguous() for k in keys}, folder / file)
         weight_map.update({k: file for k in keys})
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}))
 
 
@@ -407,17 +410,18 @@ def test_vision_tower_override_from_the_config(original, tmp_path):
 
 
 def _checkpoint_with_tower(original, folder: Path) -> Path:
-    """A copy whose single .bin also holds a tuned tower (weights x 1.5), as DeepSpeed runs save it."""
+    """A copy whose single weights file also holds a tuned tower (weights x 1.5), as DeepSpeed runs save it."""
+    from safetensors.torch import save_file
     from transformers import CLIPVisionModel
 
-    shutil.copytree(original.ckpt, folder, ignore=shutil.ignore_patterns("*.bin", "*.index.json"))
+    shutil.copytree(original.ckpt, folder, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
     config = json.loads((folder / "config.json").read_text())
     config["mm_vision_tower"] = str(original.tower)
     (folder / "config.json").write_text(json.dumps(config))
     tower = CLIPVisionModel.from_pretrained(original.tower)
     tuned = {f"model.vision_tower.vision_tower.vision_model.{k}": v * 1.5 if k.endswith("weight") else v
              for k, v in tower.state_dict().items()}
-    torch.save({**original.state, **tuned}, folder / "pytorch_model.bin")
+    save_file({k: v.contiguous() for k, v in {**original.state, **tuned}.items()}, folder / "model.safetensors")
     return folder
 
 
@@ -443,7 +447,7 @@ def test_safetensors_weights_and_clip_model_towers(original, converted, tmp_path
     clip.save_pretrained(clip_folder)
     shutil.copy(original.tower / "preprocessor_config.json", clip_folder)
     ckpt = tmp_path / "safetensors"
-    shutil.copytree(original.ckpt, ckpt, ignore=shutil.ignore_patterns("*.bin", "*.index.json"))
+    shutil.copytree(original.ckpt, ckpt, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
     save_file({k: v.contiguous() for k, v in original.state.items()}, ckpt / "model.safetensors")
     loaded = LlavaBackbone().load(_cfg(ckpt, vision_tower=str(clip_folder)))
     assert torch.allclose(_converted_logits(loaded, image)[1], _converted_logits(converted, image)[1], atol=1e-5)
@@ -521,12 +525,12 @@ def test_broken_checkpoints(original, tmp_path):
     config = json.loads((ckpt / "config.json").read_text())
     config["mm_vision_tower"] = str(original.tower)
     (ckpt / "config.json").write_text(json.dumps(config))
-    (ckpt / "pytorch_model-00002-of-00002.bin").unlink()
-    with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00002.bin"):
+    (ckpt / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model-00002-of-00002.safetensors"):
         LlavaBackbone().load(_cfg(ckpt))
     with pytest.raises(CheckpointError, match="unknown purpose"):
         map_weight_names({"model.mm_projector.1.weight": torch.zeros(1)}, ckpt)
-    shutil.copy(original.ckpt / "pytorch_model-00002-of-00002.bin", ckpt)
+    shutil.copy(original.ckpt / "model-00002-of-00002.safetensors", ckpt)
     (ckpt / "config.json").write_text(json.dumps({**config, "mm_hidden_size": 48}))
     with pytest.raises(ConfigError, match="mm_hidden_size = 48"):
         LlavaBackbone().load(_cfg(ckpt))

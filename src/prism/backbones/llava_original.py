@@ -5,7 +5,9 @@
 (``model.mm_projector.0/2``) in fp16 shards, a sentencepiece tokenizer, and
 usually no vision tower: the original code loads it from the folder named by
 ``mm_vision_tower``. prism converts such a folder in memory when it loads it
-(``LlavaBackbone``) and on disk with ``prism ckpt convert``.
+(``LlavaBackbone``) and on disk with ``prism ckpt convert``. Weights are read from
+safetensors only — nothing is unpickled — so the release's ``.bin`` shards are
+converted to ``model.safetensors`` once first (the error message gives the command).
 
 The conversion follows what llava-hf's own conversion did: ``<image>`` (and
 ``<pad>`` when the tokenizer has none) are appended to the vocabulary, and the
@@ -21,16 +23,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prism.atomic import replace_folder
+from prism.atomic import remove_stale_temporaries, replace_folder, temporary_sibling
 from prism.backbones.vision_towers import TowerParts, _read_json, load_vision_tower, resolve_vision_tower
-from prism.errors import CheckpointError, ConfigError
+from prism.errors import CheckpointError, ConfigError, UsageError
 
 ORIGINAL_ARCHITECTURE = "LlavaLlamaForCausalLM"
 ORIGINAL_MODEL_TYPES = ("llava", "llava_llama")
@@ -50,8 +51,9 @@ TEXT_CONFIG_KEYS = (
     "rope_scaling", "rope_parameters", "attention_bias", "attention_dropout", "mlp_bias", "head_dim",
 )
 REQUIRED_TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-SINGLE_FILES = ("model.safetensors", "pytorch_model.bin")
+#: where the weights are, in the order they are looked for: safetensors first
+WEIGHT_SOURCES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                  "pytorch_model.bin")
 #: Checkpoint keys that are not weights of the converted model (old rotary buffers, LLaVA-NeXT's newline).
 IGNORED_KEYS = re.compile(r"(\.rotary_emb\.inv_freq$|^model\.image_newline$)")
 _LANGUAGE = re.compile(r"^model\.(embed_tokens|layers|norm)\.")
@@ -81,39 +83,62 @@ def is_original_llava(folder: Path | str) -> bool:
 
 # -- weights ------------------------------------------------------------------------------------
 def weight_files(folder: Path) -> list[Path]:
-    """The checkpoint's weight files: the shards an index names, or one file."""
-    for name in INDEX_FILES:
-        index = folder / name
-        if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise CheckpointError(f"{index}: no weight_map")
-            files = [folder / shard for shard in sorted(set(weight_map.values()))]
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise CheckpointError(f"{index} names shards that are missing: {', '.join(missing)}",
-                                      hint="the download is incomplete")
-            return files
-    for name in SINGLE_FILES:
-        if (folder / name).is_file():
-            return [folder / name]
-    raise CheckpointError(f"{folder}: no weights (expected {' or '.join(INDEX_FILES + SINGLE_FILES)})")
+    """The checkpoint's weight files: the shards an index names, or one file (safetensors first)."""
+    for name in WEIGHT_SOURCES:
+        source = folder / name
+        if not source.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [source]
+        weight_map = _read_json(source).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{source}: no weight_map")
+        files = [folder / shard for shard in sorted(set(map(str, weight_map.values())))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{source} names shards that are missing: {', '.join(missing)}",
+                                  hint="the download is incomplete")
+        return files
+    raise CheckpointError(f"{folder}: no weights (expected {' or '.join(WEIGHT_SOURCES)})")
+
+
+def check_weight_files(files: list[Path]) -> None:
+    """Refuse what prism will not read, naming the file: a pickled shard (nothing is unpickled),
+    a safetensors file that is cut or corrupted."""
+    from prism.checkpoint.tensorfile import TensorFileError, looks_like_pickle, read_header
+
+    for file in files:
+        if file.suffix != ".safetensors":
+            with open(file, "rb") as handle:
+                kind = looks_like_pickle(handle.read(8)) or "not safetensors"
+            raise CheckpointError(
+                f"{file} is a torch .bin shard ({kind}); prism reads safetensors weights only and never "
+                "unpickles them",
+                hint=f"convert the shards to safetensors once, e.g. python -c \"import glob, torch; "
+                     "from safetensors.torch import save_file; s = {}; [s.update(torch.load(f, weights_only=True)) "
+                     f"for f in sorted(glob.glob('{file.parent}/pytorch_model*.bin'))]; "
+                     f"save_file({{k: v.contiguous() for k, v in s.items()}}, '{file.parent}/model.safetensors')\" "
+                     "(model.safetensors is then read instead of the .bin files)")
+        try:
+            read_header(file)
+        except TensorFileError as exc:
+            raise CheckpointError(f"{file}: {exc}; the checkpoint's weights do not verify",
+                                  hint="download that file again") from None
 
 
 def read_weights(files: list[Path]) -> dict[str, Any]:
-    """All tensors of ``files``; ``.bin`` shards are read with ``weights_only`` (nothing unpickled)."""
-    import torch
+    """All tensors of ``files`` (safetensors only: nothing is unpickled), each checked first."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_weight_files(files)
     state: dict[str, Any] = {}
     for file in files:
-        if file.suffix == ".safetensors":
-            state.update(load_file(file))
-            continue
         try:
-            state.update(torch.load(file, map_location="cpu", weights_only=True, mmap=True))
-        except RuntimeError:  # an old (non-zip) torch.save file cannot be memory-mapped
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
+            state.update(load_file(file))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{file}: cannot be read as safetensors ({exc}); the checkpoint's weights do "
+                                  "not verify", hint="download that file again") from None
     return state
 
 
@@ -418,19 +443,19 @@ def convert_checkpoint(src: Path | str, dst: Path | str, *, vision_tower: str | 
     source, target = Path(src).expanduser(), Path(dst).expanduser()
     if not source.is_dir():
         raise ConfigError(f"{source}: no such folder")
+    _check_apart(source, target)
     if not (source / "config.json").is_file():
         raise ConfigError(f"{source}: no config.json; not a model folder")
     if not is_original_llava(source):
         raise ConfigError(_describe_non_original(source))
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if target.resolve() == source.resolve():
-        raise ConfigError(f"{target}: the output folder must differ from the source")
     if target.exists() and not (force and target.is_dir()):
         raise ConfigError(f"{target} already exists" + ("; pass --force to replace it" if target.is_dir() else ""))
     original = _read_json(source / "config.json")
     _check_supported(original, source / "config.json")
     resolve_vision_tower(original.get("mm_vision_tower"), source.resolve(), vision_tower, "--vision-tower")
+    check_weight_files(weight_files(source))
 
     from prism.backbones.llava import quiet_transformers
 
@@ -441,8 +466,22 @@ def convert_checkpoint(src: Path | str, dst: Path | str, *, vision_tower: str | 
     return {**converted.info, "output": str(target.resolve())}
 
 
+def _check_apart(source: Path, target: Path) -> None:
+    """Refuse a DST that is SRC, holds it or lies inside it (symlinks resolved): replacing DST
+    would delete the source, or write into it."""
+    src, dst = source.resolve(), target.resolve()
+    if src == dst or src in dst.parents or dst in src.parents:
+        relation = "is" if src == dst else "is inside" if src in dst.parents else "contains"
+        raise UsageError(f"the output folder {target} {relation} the source {source}"
+                         + (f" (resolved: {dst} and {src})" if (dst, src) != (target, source) else ""),
+                         hint="write the llava-hf folder somewhere outside the source folder, e.g. beside it")
+
+
 def save_converted(converted: ConvertedLlava, dst: Path) -> Path:
-    """Save model, tokenizer and processor as a llava-hf folder; a crash leaves no half folder."""
+    """Save model, tokenizer and processor as a llava-hf folder; a crash leaves no half folder.
+
+    Temporary folders that killed conversions left beside ``dst`` are removed first.
+    """
     import prism
     import transformers
 
@@ -450,8 +489,8 @@ def save_converted(converted: ConvertedLlava, dst: Path) -> Path:
 
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_stale_temporaries(dst)
+    tmp = temporary_sibling(dst)
     try:
         with quiet_transformers():
             converted.model.save_pretrained(tmp)

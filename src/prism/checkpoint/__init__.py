@@ -5,7 +5,9 @@ from prism.checkpoint.store import (
     CheckpointInfo,
     checkpoint_complete,
     read_checkpoint_info,
+    require_verified,
     verify_checkpoint,
+    verify_task_checkpoint,
     write_checkpoint,
 )
 
@@ -14,6 +16,8 @@ __all__ = [
     "CheckpointInfo",
     "checkpoint_complete",
     "read_checkpoint_info",
+    "require_verified",
     "verify_checkpoint",
+    "verify_task_checkpoint",
     "write_checkpoint",
 ]

@@ -1,8 +1,8 @@
-"""What a checkpoint holds, read without loading a model (and without torch)."""
+"""What a checkpoint holds and whether it verifies, read without loading a model (and without torch)."""
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,32 @@ def list_checkpoints(output_dir: Path, benchmark: str | None = None, method: str
                 parsed = parse_checkpoint_name(folder.name)
                 if not folder.is_dir() or parsed is None:
                     continue
-                complete = store.checkpoint_complete(folder)
-                state = store.read_checkpoint_info(folder).state if complete else {}
                 found.append({"name": folder.name, "path": str(folder), "benchmark": bench_dir.name,
                               "method": method_dir.name, "task_index": parsed[0], "backbone": parsed[1],
-                              "complete": complete, "tasks_seen": state.get("tasks_seen", []),
-                              "created": state.get("created")})
+                              **_listing(folder)})
     return found
+
+
+def _listing(folder: Path) -> dict[str, Any]:
+    """What `prism ckpt list` shows of one checkpoint; a corrupted one is listed, never fatal.
+
+    Sizes, the manifest's listing and the headers are checked (cheap); `prism ckpt
+    verify` also re-hashes every file.
+    """
+    complete = store.checkpoint_complete(folder)
+    problems = store.verify_task_checkpoint(folder, hashes=False) if complete else []
+    state = _readable_state(folder) if complete else {}
+    status = "incomplete" if not complete else "does not verify" if problems else "ok"
+    return {"complete": complete, "status": status, "problems": problems,
+            "tasks_seen": state.get("tasks_seen", []), "created": state.get("created")}
+
+
+def _readable_state(folder: Path) -> dict[str, Any]:
+    """prism_state.json's contents, or {} when it cannot be read (the problem is reported beside)."""
+    try:
+        return store.read_checkpoint_info(folder).state
+    except CheckpointError:
+        return {}
 
 
 def _task_order(path: Path) -> tuple[int, str]:
@@ -42,10 +61,12 @@ def _task_order(path: Path) -> tuple[int, str]:
 
 
 def resolve_checkpoint(name_or_path: str, candidates: list[dict[str, Any]]) -> Path:
-    """A path, or a name like ``Task2_llava`` among the configured run's checkpoints."""
-    path = Path(name_or_path)
+    """A path (anywhere), or a name like ``Task2_llava`` among the configured run's checkpoints."""
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
+    if os.sep in name_or_path or (os.altsep and os.altsep in name_or_path):
+        raise CheckpointError(f"{path}: no such folder", hint="pass a checkpoint folder or a name from `prism ckpt list`")
     matches = [c for c in candidates if c["name"] == name_or_path]
     if len(matches) == 1:
         return Path(matches[0]["path"])
@@ -63,33 +84,54 @@ def resolve_checkpoint(name_or_path: str, candidates: list[dict[str, Any]]) -> P
 
 
 def inspect_checkpoint(folder: Path, verify: bool = True) -> dict[str, Any]:
-    info = store.read_checkpoint_info(folder)
+    """What ``folder`` holds, and its problems (``store.task_checkpoint_problems``).
+
+    Sizes, the manifest's listing and the headers are always checked, sha256 hashes
+    when ``verify``. A file with a problem is reported, never read further.
+    """
+    if not (folder / store.STATE_JSON).is_file() and not (folder / store.MANIFEST).is_file():
+        raise CheckpointError(f"{folder} is not a prism checkpoint (no {store.STATE_JSON}, no {store.MANIFEST})",
+                              hint="`prism ckpt list` shows the checkpoints of the configured run")
+    problems = store.task_checkpoint_problems(folder, hashes=verify)
+    state: dict[str, Any] = {}
+    if store.STATE_JSON not in problems:
+        try:
+            state = store.read_checkpoint_info(folder).state
+        except CheckpointError as exc:  # a manifest that does not parse is already a problem
+            if store.MANIFEST not in problems:
+                problems[store.STATE_JSON] = exc.message
     files = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             files[str(path.relative_to(folder))] = path.stat().st_size
-    report: dict[str, Any] = {"path": str(folder), "state": info.state, "files": files}
-    adapter_file = folder / store.ADAPTER_WEIGHTS
-    if adapter_file.is_file():
-        report["adapter_tensors"] = _tensor_summary(adapter_file)
-    config_file = folder / store.ADAPTER_CONFIG
-    if config_file.is_file():
-        report["adapter_config"] = json.loads(config_file.read_text(encoding="utf-8"))
-    state_file = folder / store.STATE_TENSORS
-    if state_file.is_file():
-        report["state_tensors"] = _tensor_summary(state_file)
+    report: dict[str, Any] = {"path": str(folder), "state": state, "files": files}
+    readable = {name for name in (store.ADAPTER_WEIGHTS, store.ADAPTER_CONFIG, store.STATE_TENSORS)
+                if (folder / name).is_file() and name not in problems and store.MANIFEST not in problems}
+    if store.ADAPTER_WEIGHTS in readable:
+        report["adapter_tensors"] = _tensor_summary(folder / store.ADAPTER_WEIGHTS)
+    if store.ADAPTER_CONFIG in readable:
+        report["adapter_config"] = store.read_json_file(folder / store.ADAPTER_CONFIG)
+    if store.STATE_TENSORS in readable:
+        report["state_tensors"] = _tensor_summary(folder / store.STATE_TENSORS)
+    report["problems"] = [f"{name}: {what}" for name, what in problems.items()]
     if verify:
-        report["problems"] = store.verify_checkpoint(folder)
-        report["verified"] = not report["problems"]
+        report["verified"] = not problems
     return report
+
+
+def verify_report(folder: Path) -> dict[str, Any]:
+    """`prism ckpt verify` of one checkpoint: every listed file re-hashed, every core file checked."""
+    problems = store.verify_task_checkpoint(folder, hashes=True)
+    listed = {} if problems else store.read_checkpoint_info(folder).files
+    return {"name": folder.name, "path": str(folder), "verified": not problems, "problems": problems,
+            "files": len(listed), "bytes": sum(int(meta.get("bytes") or 0) for meta in listed.values())}
 
 
 def _tensor_summary(path: Path) -> dict[str, Any]:
     """Tensor count, total elements and dtypes from the safetensors header (no torch needed)."""
-    with open(path, "rb") as handle:
-        size = int.from_bytes(handle.read(8), "little")
-        header = json.loads(handle.read(size))
-    header.pop("__metadata__", None)
+    from prism.checkpoint.tensorfile import read_header, tensor_entries
+
+    header = tensor_entries(read_header(path))
     total = 0
     dtypes: dict[str, int] = {}
     for meta in header.values():

@@ -1,9 +1,10 @@
-"""`prism ckpt list|inspect|convert|export`: what checkpoints exist, what one holds (verified),
-converting an original LLaVA-1.5 release to the llava-hf format, and exporting a checkpoint as
-a standalone merged model or one peft LoRA."""
+"""`prism ckpt list|inspect|verify|convert|export`: what checkpoints exist, what one holds
+(verified), re-hashing checkpoints, converting an original LLaVA-1.5 release to the llava-hf
+format, and exporting a checkpoint as a standalone merged model or one peft LoRA."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -20,7 +21,7 @@ def _output_dir(config, set_) -> "tuple":
 
 
 def register(app: typer.Typer) -> None:
-    ckpt = typer.Typer(help="Checkpoints: list them, inspect and verify one, convert original LLaVA-1.5 "
+    ckpt = typer.Typer(help="Checkpoints: list them, inspect one, verify them, convert original LLaVA-1.5 "
                        "weights, export one as a standalone model.", no_args_is_help=True)
     app.add_typer(ckpt, name="ckpt")
 
@@ -47,22 +48,30 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         table = Table(title=f"checkpoints in {output_dir}", title_justify="left")
-        for column in ("name", "benchmark", "method", "complete", "tasks seen", "created"):
+        for column in ("name", "benchmark", "method", "status", "tasks seen", "created"):
             table.add_column(column)
         for r in rows:
-            table.add_row(r["name"], r["benchmark"], r["method"], "yes" if r["complete"] else "[red]no[/]",
-                          ", ".join(r["tasks_seen"]), r["created"] or "")
+            status = r["status"] if r["status"] == "ok" else f"[red]{r['status']}[/]"
+            table.add_row(r["name"], r["benchmark"], r["method"], status,
+                          ", ".join(map(str, r["tasks_seen"])), str(r["created"] or ""))
         console.print(table)
+        for r in rows:
+            for problem in r["problems"]:
+                console.print(f"[red]{r['name']}[/]: {problem}", highlight=False)
+        console.print("[dim]status checks sizes and headers; `prism ckpt verify` re-hashes every file[/]")
 
     @ckpt.command("inspect")
     def inspect(
         name: Annotated[str, typer.Argument(help="Checkpoint name (e.g. Task2_llava) or folder path.",
                                                  autocompletion=complete_checkpoint)],
         config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
-        no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip checking file hashes.")] = False,
+        no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the sha256 hashes (sizes, the "
+                                                 "manifest's listing and headers are still checked).")] = False,
     ) -> None:
-        """What a checkpoint holds: tasks seen, method state, adapter tensors; verified against its manifest."""
+        """What a checkpoint (a name, or a folder anywhere) holds: tasks seen, method state, adapter tensors;
+        verified against its manifest."""
         from prism.checkpoint.inspect import inspect_checkpoint, list_checkpoints, resolve_checkpoint
+        from prism.checkpoint.store import VERIFY_HINT
         from prism.errors import CheckpointError
 
         output_dir, resolved = _output_dir(config, set_)
@@ -74,8 +83,9 @@ def register(app: typer.Typer) -> None:
             emit_json(report)
         else:
             _print_report(report)
-        if report.get("problems"):
-            raise CheckpointError(f"{folder} does not verify: " + "; ".join(report["problems"]))
+        if report["problems"]:
+            raise CheckpointError(f"checkpoint {folder} does not verify: " + "; ".join(report["problems"]),
+                                  hint=VERIFY_HINT.format(folder=folder))
 
     @ckpt.command("convert")
     def convert(
@@ -141,6 +151,55 @@ def register(app: typer.Typer) -> None:
         stderr_console().print(f"wrote {record['output']} ({what}, {record['dtype']}; {record['method']}: {mix})",
                                highlight=False)
 
+    register_verify(ckpt)
+
+
+def register_verify(ckpt: typer.Typer) -> None:
+    """`prism ckpt verify`: re-hash every file of checkpoints before trusting them elsewhere."""
+
+    @ckpt.command("verify")
+    def verify(
+        names: Annotated[Optional[list[str]], typer.Argument(
+            metavar="[NAME|PATH]...", help="Checkpoint names (e.g. Task2_llava) or folders; default: every "
+            "checkpoint of the configured run.", autocompletion=complete_checkpoint, show_default=False)] = None,
+        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+    ) -> None:
+        """Re-hash every file of each checkpoint against its manifest and check its core files; exit 1 if one fails."""
+        from prism.checkpoint.inspect import list_checkpoints, resolve_checkpoint, verify_report
+        from prism.errors import CheckpointError
+
+        output_dir, resolved = _output_dir(config, set_)
+        cfg = resolved.config
+        run = list_checkpoints(output_dir, cfg.benchmark.id, cfg.method.id)
+        if names:
+            candidates = run or list_checkpoints(output_dir)
+            folders = [resolve_checkpoint(name, candidates) for name in names]
+        else:
+            folders = [Path(row["path"]) for row in run]
+        if not folders:
+            raise CheckpointError(f"no checkpoints of {cfg.benchmark.id}/{cfg.method.id} under "
+                                  f"{output_dir / 'checkpoints'}",
+                                  hint="name checkpoints or folders to verify, or run `prism train` first")
+        reports = [verify_report(folder) for folder in folders]
+        if json_:
+            emit_json(reports)
+        else:
+            console = stderr_console()
+            for r in reports:
+                if r["verified"]:
+                    console.print(f"[green]verified[/] {r['path']} ({r['files']} files, {r['bytes']:,} bytes)",
+                                  highlight=False)
+                else:
+                    console.print(f"[red]does not verify[/] {r['path']}", highlight=False)
+                    for problem in r["problems"]:
+                        console.print(f"  {problem}", highlight=False)
+        bad = [r for r in reports if not r["verified"]]
+        if bad:
+            raise CheckpointError(
+                f"{len(bad)} of {len(reports)} checkpoints do not verify: "
+                + "; ".join(f"{r['path']} ({'; '.join(r['problems'])})" for r in bad),
+                hint="train those tasks again with `prism train --restart`, or restore the folders from a copy")
+
 
 def _print_report(report: dict) -> None:
     from rich.table import Table
@@ -168,6 +227,10 @@ def _print_report(report: dict) -> None:
     for name, size in report["files"].items():
         table.add_row(name, f"{size:,}")
     console.print(table)
+    for problem in report["problems"]:
+        console.print(f"[red]{problem}[/]", highlight=False)
     if "verified" in report:
         console.print("[green]verified: every file matches the manifest[/]" if report["verified"]
                       else "[red]NOT verified[/]")
+    elif not report["problems"]:
+        console.print("sizes and headers match the manifest (hashes not checked)")

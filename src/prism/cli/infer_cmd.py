@@ -24,9 +24,12 @@ def register(app: typer.Typer) -> None:
             "fp16, 8bit or 4bit.", autocompletion=complete_precision, show_default=False)] = None,
         load_8bit: Annotated[bool, typer.Option("--load-8bit", help="Same as --precision 8bit (bitsandbytes).")] = False,
         load_4bit: Annotated[bool, typer.Option("--load-4bit", help="Same as --precision 4bit (bitsandbytes NF4).")] = False,
+        no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the sha256 hashes of the checkpoints "
+                                                "(sizes and the manifest's listing are still checked).")] = False,
         config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
     ) -> None:
-        """Load the base model once, swap in each checkpoint's adapters, and predict every task it has seen."""
+        """Verify each checkpoint, load the base model once, swap in each checkpoint's adapters, and predict
+        every task it has seen."""
         from prism.cli.progress import RichReporter
         from prism.cli.results import print_matrix, result_json
         from prism.config import load_config
@@ -38,7 +41,7 @@ def register(app: typer.Typer) -> None:
         console = stderr_console()
         reporter = RichReporter(console)
         try:
-            layout, matrix, summary = run_infer(resolved, only=ckpt, reporter=reporter)
+            layout, matrix, summary = run_infer(resolved, only=ckpt, reporter=reporter, hashes=not no_verify)
         finally:
             reporter.close()
         print_matrix(console, matrix, summary, title=f"{layout.method} on {layout.benchmark}")

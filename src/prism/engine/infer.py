@@ -1,7 +1,9 @@
 """Re-create predictions (and the matrix) from saved checkpoints.
 
 The base model is loaded once and each checkpoint's adapters are swapped in,
-in task order; a 7B model is never reloaded per matrix cell.
+in task order; a 7B model is never reloaded per matrix cell. Every checkpoint is
+verified before anything is loaded or written: predictions are never made from
+weights that are not the ones the checkpoint's manifest names.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from prism.engine.session import build_method, load_backbone, plan_run, quiet_li
 from prism.errors import CheckpointError
 
 
-def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | None = None) -> tuple[Any, Any, dict]:
+def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | None = None,
+          hashes: bool = True) -> tuple[Any, Any, dict]:
+    """Predict with each checkpoint and fill its matrix row; ``hashes`` False skips only the sha256 check."""
     quiet_libraries()
     reporter = reporter or Reporter()
     plan = plan_run(resolved)
@@ -35,13 +39,18 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
     if not positions:
         raise CheckpointError(f"no complete checkpoints under {layout.checkpoints_dir}",
                               hint="run `prism train` first, or check [project] output_dir / --method")
+    identity = {"method_id": plan.config.method.id, "backbone_id": plan.config.backbone.id}
+    for position in positions:  # all of them before the first prediction is written
+        store.require_verified(layout.checkpoint(plan.indices[position]), hashes=hashes,
+                               method=identity["method_id"], backbone=identity["backbone_id"])
     root = plan.benchmark.prepare()
     backbone = load_backbone(plan, purpose="infer")  # at [infer] precision
     method = build_method(plan)
     method.attach(backbone)
     matrix = _load_or_new_matrix(layout, plan)
     for position in positions:
-        restore_checkpoint(method, layout.checkpoint(plan.indices[position]))
+        # hashed above; sizes and the method's own needs (its adapters) are checked again here
+        restore_checkpoint(method, layout.checkpoint(plan.indices[position]), hashes=False, **identity)
         evaluate_row(plan, backbone, method, root, position, matrix, reporter)
     summary = _write_summary(layout, matrix, joint=bool(method.joint))
     return layout, matrix, summary

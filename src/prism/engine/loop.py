@@ -20,7 +20,7 @@ from prism.checkpoint.layout import RunLayout
 from prism.engine.step_checkpoint import StepCheckpointer
 from prism.engine.seeding import set_seed
 from prism.engine.session import RunPlan, build_method, load_backbone, plan_run, quiet_libraries
-from prism.errors import CheckpointError, UsageError
+from prism.errors import UsageError
 from prism.methods.base import Method, TaskContext
 
 MATRIX_FILE = "accuracy_matrix.json"
@@ -331,7 +331,8 @@ def _finished_prefix(plan: RunPlan, fingerprint: str, *, joint: bool = False) ->
         folder = plan.layout.checkpoint(index)
         if not store.checkpoint_complete(folder):
             return 0 if joint else position
-        info = store.read_checkpoint_info(folder)
+        # the one check before any use: files, hashes, and that it is this run's method and backbone
+        info = store.require_verified(folder, method=plan.config.method.id, backbone=plan.config.backbone.id)
         if info.config_hash != fingerprint:
             raise UsageError(
                 f"{folder} was trained with a different configuration "
@@ -344,10 +345,6 @@ def _finished_prefix(plan: RunPlan, fingerprint: str, *, joint: bool = False) ->
                 f"{names[: position + 1]}",
                 hint="pass --restart, or use another [project] output_dir for a different task order",
             )
-        problems = store.verify_checkpoint(folder)
-        if problems:
-            raise CheckpointError(f"{folder} does not verify: " + "; ".join(problems),
-                                  hint="pass --restart to train it again")
     return len(plan.indices)
 
 
@@ -405,18 +402,26 @@ def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int,
     return store.write_checkpoint(folder, fill)
 
 
-def restore_checkpoint(method: Method, folder: Path) -> dict[str, Any]:
-    """Load a checkpoint's method state, then its adapter weights, into ``method``."""
+def restore_checkpoint(method: Method, folder: Path, *, hashes: bool = True, method_id: str | None = None,
+                       backbone_id: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint's method state, then its adapter weights, into ``method``.
+
+    Nothing is loaded from a checkpoint that does not verify (``store.require_verified``:
+    sizes and the core files always, sha256 unless ``hashes`` is False; ``method_id`` /
+    ``backbone_id``, the loading run's, must be the ones prism_state.json names).
+    """
     from safetensors.torch import load_file
 
     from prism.adapters.io import load_adapters
 
-    info = store.read_checkpoint_info(folder)
+    has_adapters = method.adapters is not None
+    info = store.require_verified(folder, hashes=hashes, adapters=has_adapters, method=method_id,
+                                  backbone=backbone_id)
     tensors = {}
     if (folder / store.STATE_TENSORS).is_file():
         tensors = load_file(str(folder / store.STATE_TENSORS))
     method.load_state(tensors, info.state.get("method_state", {}))
-    if method.adapters is not None and (folder / store.ADAPTER_WEIGHTS).is_file():
+    if has_adapters:
         load_adapters(method.adapters, folder)
     return info.state
 
