@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         from prism.config import load_config
         from prism.engine import launch
         from prism.engine.loop import train as run_training
-        from prism.engine.session import check_run
+        from prism.engine.session import check_before_launch
 
         flags = run_flags(tasks, method, backbone, model, benchmark, output_dir, seed)
         flags.update({"backbone.train_precision": train_precision, "distributed.nproc": nproc,
@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
         console = stderr_console()
         cfg = resolved.config
         if launch.should_relaunch(cfg.distributed):
-            check_run(resolved)  # before torchrun starts and the launch record is written
+            check_before_launch(resolved)  # before torchrun starts and the launch record is written
             console.print(f"prism train: relaunching on {cfg.distributed.processes} "
                           f"process{'es' if cfg.distributed.processes > 1 else ''} "
                           f"({cfg.distributed.backend}) under torchrun")

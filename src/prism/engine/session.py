@@ -63,6 +63,13 @@ def check_run(resolved: Any) -> None:
     check_precision(mode, compute_device(), key)
 
 
+def check_before_launch(resolved: Any) -> None:
+    """``check_run`` plus the benchmark's data (generated if it is generated): what the launcher
+    checks before torchrun starts, so that a run that cannot start leaves no launch record."""
+    check_run(resolved)
+    plan_run(resolved).benchmark.prepare()
+
+
 def build_method(plan: RunPlan) -> Method:
     cfg = plan.config
     method_cls = registry("method", plan.resolved.project_dir).load(cfg.method.id)
