@@ -88,8 +88,8 @@ def run_problems(config: Any, method_params: Any, project_dir: Path, where: Wher
 
 
 # -- ids -----------------------------------------------------------------------------------
-def _registered_class(kind: str, path: KeyPath, value: str, project_dir: Path, problems: _Problems) -> Any:
-    """The registered class of ``value``, or None after reporting an unknown id."""
+def _registered(kind: str, path: KeyPath, value: str, project_dir: Path, problems: _Problems) -> Any:
+    """The registry entry of ``value`` (nothing imported yet), or None after reporting an unknown id."""
     from prism.plugins import registry
 
     known = registry(kind, project_dir)
@@ -98,7 +98,7 @@ def _registered_class(kind: str, path: KeyPath, value: str, project_dir: Path, p
         problems.add(path, f"unknown {kind} {value!r}{did_you_mean(value, ids)}; registered: "
                            f"{', '.join(ids) or 'none'} (`prism {kind}s list`)")
         return None
-    return known.load(value)
+    return known.entry(value)
 
 
 # -- backbone ------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def _check_backbone(backbone: Any, project_dir: Path, fetch: bool, problems: _Pr
     from prism.backbones.llava import resolve_model_path
     from prism.backbones.routing import KEY as TOWER_KEY, resolve_tower_folder
 
-    _registered_class("backbone", ("backbone", "id"), backbone.id, project_dir, problems)
+    _registered("backbone", ("backbone", "id"), backbone.id, project_dir, problems)
     for key, value, resolve in (
         ("model", backbone.model, lambda v: resolve_model_path(v, fetch=fetch)),
         ("routing_tower", backbone.routing_tower, lambda v: resolve_tower_folder(v, TOWER_KEY, fetch=fetch)),
@@ -129,9 +129,10 @@ _BENCHMARK_KEY = re.compile(r"^(?:benchmark\.(\w+)|\[benchmark\] (\w+))")
 
 def _check_benchmark(config: Any, project_dir: Path, problems: _Problems, *, check_overrides: bool) -> None:
     bench_cfg = config.benchmark
-    benchmark_cls = _registered_class("benchmark", ("benchmark", "id"), bench_cfg.id, project_dir, problems)
-    if benchmark_cls is None:
+    entry = _registered("benchmark", ("benchmark", "id"), bench_cfg.id, project_dir, problems)
+    if entry is None:
         return
+    benchmark_cls = entry.load()  # its task list is needed (benchmark modules import no torch)
     root = _under(project_dir, bench_cfg.root)
     root_missing = not getattr(benchmark_cls, "creates_data", False) and not root.is_dir()
     if root_missing:
