@@ -86,6 +86,8 @@ def trained_run(tmp_path_factory, synthetic_data):
         path.parent.mkdir(parents=True)
         path.write_text(text)
     (project / "empty-ucit").mkdir()
+    (project / "not-a-llava").mkdir()  # passes the path checks, fails only when loading
+    (project / "not-a-llava" / "config.json").write_text('{"model_type": "bert"}')
     return project
 
 
@@ -118,6 +120,7 @@ QUICK_ARGS = [arg for item in QUICK for arg in ("--set", item)]
 
 @pytest.mark.parametrize("args, code, fragments", [
     (["--model", "./no-such-model"], 2, ["--model", "[backbone] model = './no-such-model'"]),
+    (["--model", "./not-a-llava"], 2, ["[backbone] model", "not-a-llava holds a 'bert' model, not a llava-hf"]),
     (["--benchmark", "ucit", "--set", "benchmark.root='no-such-data'"], 2,
      ["[benchmark] root", "no-such-data not found"]),
     (["--benchmark", "ucit", "--set", "benchmark.root='empty-ucit'"], 1, ["ucit data under", "missing"]),
@@ -126,7 +129,7 @@ QUICK_ARGS = [arg for item in QUICK for arg in ("--set", item)]
     (["--set", "distributed.backend='deepspeed'", "--model", "./no-such-model"], 2, ["[backbone] model"]),
     (["--nproc", "2", "--train-precision", "fp16"], 2, ["--train-precision"]),
     (["--nproc", "2", "--benchmark", "ucit", "--set", "benchmark.root='empty-ucit'"], 1, ["ucit data under"]),
-], ids=["model", "data-root", "data-files", "ddp-model", "deepspeed-model", "ddp-precision", "ddp-data-files"])
+], ids=["model", "model-does-not-load", "data-root", "data-files", "ddp-model", "deepspeed-model", "ddp-precision", "ddp-data-files"])
 def test_failing_restart_leaves_every_output_file_unchanged(run_copy, monkeypatch, capsys, args, code, fragments):
     from prism.cli.app import main
 

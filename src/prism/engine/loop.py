@@ -124,6 +124,9 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     main = accelerator.is_main_process
     if not main:
         reporter = Reporter()
+    # --restart: a model that passes the checks but does not load (wrong family, broken weights) must
+    # fail before the run is cleared; a plain rerun first learns from its checkpoints whether it can go on
+    backbone = load_backbone(plan) if restart else None
     if main:
         root = plan.benchmark.prepare()  # the data is there (or generated) before anything is removed
         store.recover_interrupted(layout.checkpoints_dir)
@@ -134,7 +137,8 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     if not main:
         root = plan.benchmark.prepare()  # the data rank 0 made ready
     prefix = 0 if restart else _finished_prefix(plan, fingerprint, joint=joint)
-    backbone = load_backbone(plan)
+    if backbone is None:
+        backbone = load_backbone(plan)
     method.attach(backbone)
 
     if main:
