@@ -72,7 +72,9 @@ def test_initialised_project_validates(cwd, capsys, monkeypatch):
 
     registry: Registry = Registry("method")
     registry.add("ft_lora", _LoRA, provider="test")
-    monkeypatch.setattr(prism.plugins, "registry", lambda kind, project_dir=None: registry)
+    real = prism.plugins.registry  # the backbone and benchmark ids are checked against the real ones
+    monkeypatch.setattr(prism.plugins, "registry",
+                        lambda kind, project_dir=None: registry if kind == "method" else real(kind, project_dir))
     monkeypatch.delenv("PRISM_CONFIG", raising=False)
     assert run(["init"], capsys)[0] == 0
     code, out, err = run(["config", "validate"], capsys)

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from prism.engine.loop import train
-from prism.errors import UsageError
+from prism.errors import ConfigError, UsageError
 
-from .conftest import resolve
+from .conftest import QUICK, resolve
 
 
 def test_two_tasks_write_the_prism_layout(project):
@@ -63,3 +63,107 @@ def test_zeroshot_trains_nothing(project):
     assert not (ckpt / "adapter_model.safetensors").exists()
     row0, row1 = outcome.matrix.to_list()
     assert row0[0] == row1[0]  # the model never changed
+
+
+# -- a run that cannot start leaves its outputs as they were (--restart included) ----------------
+def _files(folder):
+    """Every file under ``folder`` with its bytes (new, changed and removed files all show)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_data):
+    """A trained one-task tiny run, plus the outputs of a ucit run (made by hand: no ucit data here)."""
+    from .conftest import new_project
+
+    project = new_project(tmp_path_factory.mktemp("trained-run"), synthetic_data)
+    train(resolve(project, "benchmark.tasks='0'"))
+    out = project / "outputs"
+    for folder, name, text in (("checkpoints", "Task0_llava/manifest.json", "{}"),
+                               ("predictions", "Task0_llava/ImageNet-R.jsonl", '{"question_id": 0}\n'),
+                               ("results", "accuracy_matrix.json", '{"tasks": ["ImageNet-R"]}')):
+        path = out / folder / "ucit" / "ft_lora" / name
+        path.parent.mkdir(parents=True)
+        path.write_text(text)
+    (project / "empty-ucit").mkdir()
+    (project / "not-a-llava").mkdir()  # passes the path checks, fails only when loading
+    (project / "not-a-llava" / "config.json").write_text('{"model_type": "bert"}')
+    return project
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A copy of the trained run per test, so that one test's damage cannot hide another's."""
+    import shutil
+
+    return shutil.copytree(trained_run, tmp_path / "run", symlinks=True)
+
+
+def test_restart_with_a_missing_model_checks_before_clearing(run_copy):
+    before = _files(run_copy / "outputs")
+    assert any(name.endswith("adapter_model.safetensors") for name in before)
+    with pytest.raises(ConfigError, match=r"\[backbone\] model = './no-such-model'"):
+        train(resolve(run_copy, "benchmark.tasks='0'", backbone__model="./no-such-model"), restart=True)
+    assert _files(run_copy / "outputs") == before
+
+
+def test_restart_with_a_missing_data_root_checks_before_clearing(run_copy):
+    before = _files(run_copy / "outputs")
+    with pytest.raises(ConfigError, match=r"\[benchmark\] root: data folder .*no-such-data not found"):
+        train(resolve(run_copy, "benchmark.tasks='0'", "benchmark.root='no-such-data'", benchmark__id="ucit"),
+              restart=True)
+    assert _files(run_copy / "outputs") == before
+
+
+QUICK_ARGS = [arg for item in QUICK for arg in ("--set", item)]
+
+
+@pytest.mark.parametrize("args, code, fragments", [
+    (["--model", "./no-such-model"], 2, ["--model", "[backbone] model = './no-such-model'"]),
+    (["--model", "./not-a-llava"], 2, ["[backbone] model", "not-a-llava holds a 'bert' model, not a llava-hf"]),
+    (["--benchmark", "ucit", "--set", "benchmark.root='no-such-data'"], 2,
+     ["[benchmark] root", "no-such-data not found"]),
+    (["--benchmark", "ucit", "--set", "benchmark.root='empty-ucit'"], 1, ["ucit data under", "missing"]),
+    # several processes: the launcher checks before torchrun starts (nothing is relaunched, no launch record)
+    (["--nproc", "2", "--model", "./no-such-model"], 2, ["[backbone] model"]),
+    (["--set", "distributed.backend='deepspeed'", "--model", "./no-such-model"], 2, ["[backbone] model"]),
+    (["--nproc", "2", "--train-precision", "fp16"], 2, ["--train-precision"]),
+    (["--nproc", "2", "--benchmark", "ucit", "--set", "benchmark.root='empty-ucit'"], 1, ["ucit data under"]),
+], ids=["model", "model-does-not-load", "data-root", "data-files", "ddp-model", "deepspeed-model", "ddp-precision", "ddp-data-files"])
+def test_failing_restart_leaves_every_output_file_unchanged(run_copy, monkeypatch, capsys, args, code, fragments):
+    from prism.cli.app import main
+
+    monkeypatch.chdir(run_copy)
+    monkeypatch.setenv("COLUMNS", "200")
+    before = _files(run_copy / "outputs")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--restart", "--tasks", "0", *QUICK_ARGS, *args])
+    err = " ".join(capsys.readouterr().err.split())
+    assert info.value.code == code, err
+    for fragment in fragments:
+        assert fragment in err
+    assert "Traceback" not in err and "relaunching" not in err
+    assert _files(run_copy / "outputs") == before
+
+
+@pytest.mark.parametrize("relaunched", [True, False], ids=["under-torchrun", "single-process"])
+def test_restart_keeps_the_launch_record_of_the_launch_that_restarts(tmp_path, monkeypatch, relaunched):
+    """prism's launcher writes results/.../launch.json, then rank 0 clears the run for --restart."""
+    from prism.checkpoint.layout import RunLayout
+    from prism.engine.loop import _clear_run
+
+    layout = RunLayout(tmp_path, "synthetic", "ft_lora", "llava")
+    for folder in (layout.checkpoint(0), layout.predictions(0), layout.results_dir):
+        folder.mkdir(parents=True)
+        (folder / "old.json").write_text("{}")
+    record = layout.results_dir / "launch.json"
+    record.write_text('{"command": ["torchrun"], "processes": 2}')
+    if relaunched:
+        monkeypatch.setenv("PRISM_WORKER_ARGV", '["train", "--restart"]')
+    else:
+        monkeypatch.delenv("PRISM_WORKER_ARGV", raising=False)
+    _clear_run(layout)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == (["results/synthetic/ft_lora/launch.json"] if relaunched else [])
+    if relaunched:
+        assert json.loads(record.read_text()) == {"command": ["torchrun"], "processes": 2}

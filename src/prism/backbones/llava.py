@@ -38,8 +38,11 @@ def available_builtins() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / "config.json").is_file())
 
 
-def resolve_model_path(model: str) -> Path:
-    """A local folder for ``model``: a builtin, an existing folder, or a hub snapshot."""
+def resolve_model_path(model: str, *, fetch: bool = True) -> Path | None:
+    """A local folder for ``model``: a builtin, an existing folder, or a hub snapshot.
+
+    ``fetch=False`` checks without downloading: a hub id gives None (``prism config validate``).
+    """
     if model.startswith(BUILTIN_PREFIX):
         name = model[len(BUILTIN_PREFIX):]
         folder = assets_dir() / name
@@ -55,7 +58,7 @@ def resolve_model_path(model: str) -> Path:
         return local.resolve()
     if local.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ConfigError(f"[backbone] model = {model!r}: not a model folder or a hub id (owner/name)")
-    return hub_snapshot(model, "[backbone] model")
+    return hub_snapshot(model, "[backbone] model") if fetch else None
 
 
 def hub_snapshot(repo_id: str, key: str) -> Path:

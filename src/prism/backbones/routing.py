@@ -204,8 +204,11 @@ def _model_type(folder: Path) -> str | None:
     return data.get("model_type") if isinstance(data, dict) else None
 
 
-def resolve_tower_folder(source: str, key: str = KEY) -> Path:
-    """A local folder holding a full CLIPModel: a builtin, a folder, or a hub snapshot."""
+def resolve_tower_folder(source: str, key: str = KEY, *, fetch: bool = True) -> Path | None:
+    """A local folder holding a full CLIPModel: a builtin, a folder, or a hub snapshot.
+
+    ``fetch=False`` checks without downloading: a hub id gives None (``prism config validate``).
+    """
     if source.startswith(BUILTIN_PREFIX):
         folder = _assets_dir() / source[len(BUILTIN_PREFIX):]
         if _model_type(folder) != "clip":
@@ -218,6 +221,8 @@ def resolve_tower_folder(source: str, key: str = KEY) -> Path:
     elif local.exists() or source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise ConfigError(f"{key} = {source!r}: not a folder or a hub id (owner/name)",
                           hint="name a CLIPModel folder or hub id, e.g. openai/clip-vit-large-patch14-336")
+    elif not fetch:
+        return None
     else:
         folder = _hub_snapshot(source, key)
     kind = _model_type(folder)

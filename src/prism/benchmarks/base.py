@@ -29,6 +29,9 @@ class Benchmark:
 
     id: ClassVar[str] = ""
     tasks: ClassVar[list[TaskSpec]] = []
+    #: True when ``prepare`` writes the data itself (generates or downloads it): then
+    #: ``[benchmark] root`` need not exist before a run; otherwise a missing root is a config error
+    creates_data: ClassVar[bool] = False
 
     def __init__(self, config: "BenchmarkConfig", project_dir: Path):
         self.config = config

@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 
 from prism.atomic import replace_folder
 from prism.benchmarks.base import Benchmark, TaskSpec
-from prism.errors import DataError
+from prism.errors import ConfigError, DataError
 
 #: Bump when generated content changes: a stored folder with another version is regenerated.
 GENERATOR_VERSION = 1
@@ -295,6 +295,7 @@ class SyntheticBenchmark(Benchmark):
 
     id = "synthetic"
     tasks = [t.spec for t in TASKS]
+    creates_data = True
 
     def __init__(self, config: Any, project_dir: Path, *, train_size: int = DEFAULT_TRAIN_SIZE,
                  test_size: int = DEFAULT_TEST_SIZE):
@@ -305,6 +306,18 @@ class SyntheticBenchmark(Benchmark):
     @property
     def seed(self) -> int:
         return int(getattr(self.config, "seed", 0) or 0)
+
+    def task_specs(self) -> list[TaskSpec]:
+        """The generated tasks; ``[benchmark] overrides`` would replace files this benchmark writes
+        itself, so they are refused rather than ignored."""
+        overrides = getattr(self.config, "overrides", None)
+        if overrides:
+            raise ConfigError(
+                f"[benchmark] overrides: the synthetic benchmark generates its own files, so per-task "
+                f"overrides do not apply (given for {', '.join(map(repr, overrides))})",
+                hint='remove [benchmark] overrides (and any [benchmark.overrides."<task>"] table); '
+                     "file-based benchmarks (ucit, coin, trigap) take them")
+        return list(self.tasks)
 
     def is_prepared(self) -> bool:
         return read_marker(self.root) == _marker(self.seed, self.train_size, self.test_size)

@@ -57,14 +57,17 @@ def register(app: typer.Typer) -> None:
         from prism.config import load_config
         from prism.engine import launch
         from prism.engine.loop import train as run_training
+        from prism.engine.session import check_before_launch
 
         flags = run_flags(tasks, method, backbone, model, benchmark, output_dir, seed)
         flags.update({"backbone.train_precision": train_precision, "distributed.nproc": nproc,
                       "distributed.gpus": gpus})
-        resolved = load_config(config, sets=set_ or [], flags=flags)
+        # every problem `prism config validate` reports, at once, before anything loads
+        resolved = load_config(config, sets=set_ or [], flags=flags, check_run=True)
         console = stderr_console()
         cfg = resolved.config
         if launch.should_relaunch(cfg.distributed):
+            check_before_launch(resolved)  # before torchrun starts and the launch record is written
             console.print(f"prism train: relaunching on {cfg.distributed.processes} "
                           f"process{'es' if cfg.distributed.processes > 1 else ''} "
                           f"({cfg.distributed.backend}) under torchrun")

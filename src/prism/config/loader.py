@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import reduce
@@ -36,7 +37,7 @@ from prism.errors import ConfigError, PrismError
 from prism.registry import did_you_mean
 
 __all__ = ["CONFIG_FILE_NAME", "HASH_EXCLUDED", "RESOLVED_FILE_NAME", "ResolvedConfig",
-           "discover_config", "load_config"]
+           "discover_config", "load_config", "project_path"]
 
 CONFIG_FILE_NAME = "prism.toml"
 RESOLVED_FILE_NAME = "config.resolved.toml"
@@ -47,6 +48,8 @@ HASH_EXCLUDED = ("infer.batch_size", "train.log_every", "train.save_every_steps"
                  "distributed.gpus", "distributed.master_port")
 
 KeyPath = tuple[str, ...]
+#: TOML integers are 64-bit; Python's parser (and ``--set``) accept any size
+INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass
@@ -59,6 +62,10 @@ class ResolvedConfig:
     config_path: Path | None
     project_dir: Path
     method_class: type | None = field(default=None, repr=False)
+    #: the precedence layers, kept so that later checks name a value's source as precisely as the loader
+    layers: list[Layer] = field(default_factory=list, repr=False)
+    #: settings the run checks could not verify without a download ("[backbone] model: hub id ...")
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def method_id(self) -> str:
@@ -73,6 +80,18 @@ class ResolvedConfig:
     def data_root(self) -> Path:
         """``benchmark.root``, absolute (relative paths are under the project dir)."""
         return _under(self.project_dir, self.config.benchmark.root)
+
+    def where(self, path: KeyPath | str) -> str:
+        """Where the value at ``path`` came from, as errors name it ("prism.toml:12",
+        "--set train.lr=abc", "env PRISM_METHOD", "default")."""
+        keys = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+        if self.layers:
+            return _where(keys, self.layers)
+        for end in range(len(keys), 0, -1):
+            label = self.sources.get(".".join(keys[:end]))
+            if label is not None:
+                return label
+        return "default"
 
     def task_indices(self, task_names: list[str]) -> list[int]:
         """The benchmark task indices ``benchmark.tasks`` selects, in run order."""
@@ -110,6 +129,18 @@ def _under(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
+def project_path(value: str | None, project_dir: Path) -> str | None:
+    """A model or tower setting as a loader should read it: a relative path that exists under the
+    project folder (where prism.toml is) becomes that path; ids and ``builtin:`` names pass through."""
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    local = project_dir / path
+    if not value.startswith("builtin:") and not path.is_absolute() and local.exists():
+        return str(local)
+    return value
+
+
 def discover_config(config_path: Path | str | None = None, *, cwd: Path | None = None,
                     env: Mapping[str, str] | None = None) -> Path | None:
     """The config file to use: explicit path, else ``PRISM_CONFIG``, else the nearest prism.toml upwards."""
@@ -135,12 +166,15 @@ def discover_config(config_path: Path | str | None = None, *, cwd: Path | None =
 
 def load_config(config_path: Path | None = None, *, cwd: Path | None = None,
                 env: Mapping[str, str] | None = None, sets: list[str] | None = None,
-                flags: dict[str, Any] | None = None, validate_method: bool = True) -> ResolvedConfig:
+                flags: dict[str, Any] | None = None, validate_method: bool = True,
+                check_run: bool = False) -> ResolvedConfig:
     """Resolve, validate and trace the configuration (see the module docstring).
 
     ``flags`` maps dotted keys to the values of dedicated CLI flags (None = not given).
     ``validate_method=False`` skips phase two, for showing a config whose method
-    plugin is broken or not installed.
+    plugin is broken or not installed. ``check_run=True`` also runs the run checks
+    (on the tables that are valid, when others are not) and reports their problems
+    in the same error.
     """
     env = os.environ if env is None else env
     cwd = (cwd or Path.cwd()).resolve()
@@ -162,6 +196,7 @@ def load_config(config_path: Path | None = None, *, cwd: Path | None = None,
         layers.insert(0, method_defaults_layer(method_id, defaults))
 
     merged: dict[str, Any] = reduce(deep_merge, (layer.data for layer in layers), {})
+    merged = _without_bad_numbers(merged, (), layers, problems)
     config = _validate(PrismConfig, merged, (), layers, problems)
     params = None
     method_tables = merged.get("method") if isinstance(merged.get("method"), dict) else {}
@@ -171,6 +206,13 @@ def load_config(config_path: Path | None = None, *, cwd: Path | None = None,
             table = method_tables.get(method_id, {})
             params = _validate(method_class.Params, table if isinstance(table, dict) else {},
                                ("method", method_id), layers, problems)
+    unchecked: list[str] = []
+    if check_run:
+        from prism.config.run_checks import run_problems
+
+        checked, invalid = (config, set()) if config is not None else _valid_tables(merged)
+        problems += run_problems(checked, params, project_dir, lambda keys: _where(keys, layers),
+                                 skip=invalid, unchecked=unchecked)
     if problems or config is None:
         raise _config_error(problems)
 
@@ -179,7 +221,51 @@ def load_config(config_path: Path | None = None, *, cwd: Path | None = None,
             {"id": method_id, method_id: params.model_dump(mode="json")})
     sources = _sources(config, layers)
     return ResolvedConfig(config=config, method_params=params, sources=sources, config_path=path,
-                          project_dir=project_dir, method_class=method_class)
+                          project_dir=project_dir, method_class=method_class, layers=layers,
+                          unchecked=unchecked)
+
+
+def _valid_tables(merged: dict[str, Any]) -> tuple[PrismConfig, set[str]]:
+    """A config of the tables that validate on their own (defaults for the others), and the names
+    of the others: the run checks still look at what is valid, so one error lists everything."""
+    tables: dict[str, Any] = {}
+    invalid: set[str] = set()
+    for name, info in PrismConfig.model_fields.items():
+        model = info.annotation
+        try:
+            tables[name] = model.model_validate(merged.get(name, {}))
+        except ValidationError:
+            tables[name] = model()
+            invalid.add(name)
+    return PrismConfig.model_construct(**tables), invalid
+
+
+def _without_bad_numbers(data: dict[str, Any], prefix: KeyPath, layers: list[Layer],
+                         problems: list[str]) -> dict[str, Any]:
+    """``data`` without the numbers no setting may hold (inf, nan, integers beyond 64 bits), each
+    reported once with its key and source; the rest is validated as usual."""
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict):
+            kept[key] = _without_bad_numbers(value, path, layers, problems)
+            continue
+        reason = _bad_number(value)
+        if reason is None:
+            kept[key] = value
+        else:
+            problems.append(f"{_where(path, layers)}: {_table_key(path)}: {reason} (got {_short(value)})")
+    return kept
+
+
+def _bad_number(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)):
+        return next((reason for reason in map(_bad_number, value) if reason), None)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        return "integer out of range (a setting holds at most a 64-bit integer, |n| < 2**63)"
+    return None
 
 
 # -- the method --------------------------------------------------------------------------
@@ -187,6 +273,8 @@ def _given_method_id(layers: list[Layer]) -> tuple[str, Origin | None]:
     for layer in reversed(layers):
         found, value = layer.get(("method", "id"))
         if found:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = str(value)  # `method.id = 3`: the schema reads it as the text "3", so look that up
             return value, layer.origin_of(("method", "id"))
     return MethodConfig.model_fields["id"].default, None
 
@@ -206,7 +294,7 @@ def _method_class(registry, method_id: Any, origin: Origin | None, validate_meth
                   problems: list[str]) -> type | None:
     """The chosen method's class (imported), or None when it cannot be known."""
     if registry is None or not isinstance(method_id, str) or not method_id:
-        return None  # a non-string id is reported by the core schema
+        return None  # a non-text id is reported by the core schema
     if method_id not in registry:
         if validate_method:
             known = ", ".join(registry.ids()) or "none"

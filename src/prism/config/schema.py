@@ -27,6 +27,7 @@ __all__ = [
     "TrainConfig",
     "TaskOverride",
     "TaskSpec",
+    "task_problems",
     "task_selection",
 ]
 
@@ -164,6 +165,10 @@ class BenchmarkConfig(_Table):
             raise ValueError("expected 'all', a range like '0-4', a list like [0, 2] or task names")
         if isinstance(value, int):
             return [value]
+        if isinstance(value, str) and not value.strip():
+            # an empty --tasks "" is a slip, not a request for every task
+            raise ValueError("empty; leave it out (or give 'all') for every task, "
+                             "or select some: '0-4', '0,2,3', task names")
         if value is None or isinstance(value, str):
             return value
         if isinstance(value, (list, tuple)) and all(
@@ -328,16 +333,25 @@ def task_selection(spec: TaskSpec, task_names: list[str]) -> list[int]:
     """Indices of the tasks ``spec`` selects, in the order given.
 
     The order is kept (a continual-learning run may use a custom task order);
-    a task listed twice is an error because it would train twice.
+    a task listed twice is an error because it would train twice. Every
+    problem of the selection is named in the one ConfigError.
     """
+    chosen, problems = task_problems(spec, task_names)
+    if problems:
+        raise ConfigError("benchmark.tasks: " + "; ".join(problems))
+    return chosen
+
+
+def task_problems(spec: TaskSpec, task_names: list[str]) -> tuple[list[int], list[str]]:
+    """(the indices ``spec`` selects, what is wrong with it): every problem, not just the first."""
     count = len(task_names)
     if count == 0:
-        raise ConfigError("benchmark.tasks: the benchmark has no tasks")
+        return [], ["the benchmark has no tasks"]
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
-        return list(range(count))
+        return list(range(count)), []
     items: list[int | str]
     if isinstance(spec, bool):
-        raise ConfigError(f"benchmark.tasks: expected indices, a range or names, got {spec!r}")
+        return [], [f"expected indices, a range or names, got {spec!r}"]
     if isinstance(spec, int):
         items = [spec]
     elif isinstance(spec, str):
@@ -345,22 +359,31 @@ def task_selection(spec: TaskSpec, task_names: list[str]) -> list[int]:
     elif isinstance(spec, (list, tuple)):
         items = list(spec)
     else:
-        raise ConfigError(f"benchmark.tasks: expected indices, a range or names, got {spec!r}")
+        return [], [f"expected indices, a range or names, got {spec!r}"]
 
     chosen: list[int] = []
+    problems: list[str] = []
     for item in items:
-        for index in _resolve_item(item, task_names):
+        try:
+            indices = _resolve_item(item, task_names)
+        except ConfigError as exc:
+            problems.append(exc.message.removeprefix("benchmark.tasks: "))
+            continue
+        for index in indices:
             if index in chosen:
-                raise ConfigError(f"benchmark.tasks: task {index} ({task_names[index]}) is listed twice")
-            chosen.append(index)
-    if not chosen:
-        raise ConfigError("benchmark.tasks: selects no task")
-    return chosen
+                problems.append(f"task {index} ({task_names[index]}) is listed twice")
+            else:
+                chosen.append(index)
+    if not chosen and not problems:
+        problems.append("selects no task")
+    if any(p.startswith(("unknown task", "task index")) for p in problems):
+        problems[-1] += f"; the benchmark has {count} tasks: 0-{count - 1} ({', '.join(task_names)})"
+    return chosen, problems
 
 
 def _resolve_item(item: int | str, task_names: list[str]) -> list[int]:
+    """The indices one entry of a selection names; a ConfigError says why it names none."""
     count = len(task_names)
-    known = f"the benchmark has {count} tasks: 0-{count - 1} ({', '.join(task_names)})"
     if isinstance(item, bool) or not isinstance(item, (int, str)):
         raise ConfigError(f"benchmark.tasks: {item!r} is not a task index or name")
     if isinstance(item, str):
@@ -373,7 +396,7 @@ def _resolve_item(item: int | str, task_names: list[str]) -> list[int]:
             if start > stop:
                 raise ConfigError(f"benchmark.tasks: range {text!r} goes backwards")
             for index in (start, stop):
-                _check_index(index, count, known)
+                _check_index(index, count)
             return list(range(start, stop + 1))
         if text.lstrip("-").isdigit():
             item = int(text)
@@ -383,13 +406,11 @@ def _resolve_item(item: int | str, task_names: list[str]) -> list[int]:
             lowered = [name.lower() for name in task_names]
             if text.lower() in lowered:
                 return [lowered.index(text.lower())]
-            raise ConfigError(
-                f"benchmark.tasks: unknown task {text!r}{did_you_mean(text, task_names)}; {known}"
-            )
-    _check_index(item, count, known)
+            raise ConfigError(f"benchmark.tasks: unknown task {text!r}{did_you_mean(text, task_names)}")
+    _check_index(item, count)
     return [item]
 
 
-def _check_index(index: int, count: int, known: str) -> None:
+def _check_index(index: int, count: int) -> None:
     if not 0 <= index < count:
-        raise ConfigError(f"benchmark.tasks: task index {index} is out of range; {known}")
+        raise ConfigError(f"benchmark.tasks: task index {index} is out of range")

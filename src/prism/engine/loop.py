@@ -12,15 +12,15 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prism import __version__
 from prism.checkpoint import store
 from prism.checkpoint.layout import RunLayout
 from prism.engine.step_checkpoint import StepCheckpointer
 from prism.engine.seeding import set_seed
-from prism.engine.session import RunPlan, build_method, load_backbone, plan_run, quiet_libraries
-from prism.errors import UsageError
+from prism.engine.session import RunPlan, build_method, check_run, load_backbone, plan_run, quiet_libraries
+from prism.errors import ConfigError, UsageError
 from prism.methods.base import Method, TaskContext
 
 MATRIX_FILE = "accuracy_matrix.json"
@@ -100,16 +100,21 @@ def environment_facts(world_size: int = 1) -> dict[str, Any]:
 
 
 def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = None) -> TrainOutcome:
-    """Run (or continue) the configured task sequence and return the accuracy matrix."""
+    """Run (or continue) the configured task sequence and return the accuracy matrix.
+
+    Everything that can fail on the configuration is checked before a file is touched, so
+    that a run that cannot start (``--restart`` included) leaves its outputs as they were.
+    """
     quiet_libraries()
     reporter = reporter or Reporter()
+    # in every process, before the process group exists: the config, model and routing tower
+    # (fetched from the hub if needed), trackers, precision
+    check_run(resolved)
     plan = plan_run(resolved)
     cfg = plan.config
     set_seed(cfg.project.seed)
     layout = plan.layout
     fingerprint = run_fingerprint(resolved)
-    # first, so that under torchrun the process group exists; only rank 0 writes files
-    _check_train_precision(resolved)
     method = build_method(plan)
     joint = bool(method.joint)
     deepspeed = _deepspeed_settings(resolved)
@@ -119,16 +124,21 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     main = accelerator.is_main_process
     if not main:
         reporter = Reporter()
+    # --restart: a model that passes the checks but does not load (wrong family, broken weights) must
+    # fail before the run is cleared; a plain rerun first learns from its checkpoints whether it can go on
+    backbone = load_backbone(plan) if restart else None
     if main:
+        root = plan.benchmark.prepare()  # the data is there (or generated) before anything is removed
         store.recover_interrupted(layout.checkpoints_dir)
         if restart:
             _clear_run(layout)
-        root = plan.benchmark.prepare()
     accelerator.wait_for_everyone()
+    _start_trackers(accelerator, cfg)
     if not main:
         root = plan.benchmark.prepare()  # the data rank 0 made ready
     prefix = 0 if restart else _finished_prefix(plan, fingerprint, joint=joint)
-    backbone = load_backbone(plan)
+    if backbone is None:
+        backbone = load_backbone(plan)
     method.attach(backbone)
 
     if main:
@@ -206,14 +216,6 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
 
 
 # -- pieces -----------------------------------------------------------------------------
-def _check_train_precision(resolved: Any) -> None:
-    from prism.backbones.precision import check_precision, compute_device
-    from prism.engine.session import precision_for
-
-    mode, key = precision_for(resolved, "train")
-    check_precision(mode, compute_device(), key)
-
-
 def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False, deepspeed: Any = None) -> Any:
     """accelerate's Accelerator for the run: plain/DDP, or with DeepSpeed (``deepspeed``: DeepSpeedSettings)."""
     import torch
@@ -236,10 +238,14 @@ def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False
         accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
                                   log_with=trackers or None, project_dir=str(layout.results_dir),
                                   kwargs_handlers=[ddp])
-    if trackers:
+    return accelerator
+
+
+def _start_trackers(accelerator: Any, cfg: Any) -> None:
+    """Open the trackers' logs in the results folder (after ``--restart`` cleared it, not before)."""
+    if cfg.train.report_to:
         accelerator.init_trackers(cfg.project.name, config={"method": cfg.method.id, "benchmark": cfg.benchmark.id,
                                                             "seed": cfg.project.seed})
-    return accelerator
 
 
 def _deepspeed_settings(resolved: Any) -> Any:
@@ -261,22 +267,13 @@ def _deepspeed_run(cfg: Any, layout: RunLayout, accelerator: Any, settings: Any)
     return DeepSpeedRun(settings, accelerator, precision=precision, record_path=layout.results_dir / RECORD_FILE)
 
 
-#: tracker name -> the package it needs
-TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
-                    "aim": "aim", "clearml": "clearml", "dvclive": "dvclive"}
-
-
 def report_to(names: list[str]) -> list[str]:
-    """``[train] report_to`` checked: known trackers whose package is installed."""
-    import importlib.util
+    """``[train] report_to`` checked (``prism.config.run_checks``): known trackers whose package is installed."""
+    from prism.config.run_checks import tracker_problems
 
-    for name in names:
-        if name not in TRACKER_PACKAGES:
-            raise UsageError(f"[train] report_to: unknown tracker {name!r}",
-                             hint="choose from " + ", ".join(sorted(TRACKER_PACKAGES)))
-        if importlib.util.find_spec(TRACKER_PACKAGES[name]) is None:
-            raise UsageError(f"[train] report_to: {name!r} needs the {TRACKER_PACKAGES[name]} package",
-                             hint=f"pip install {TRACKER_PACKAGES[name]}, or remove {name!r} from report_to")
+    problems = tracker_problems(names)
+    if problems:
+        raise ConfigError("[train] report_to: " + "; ".join(problems))
     return list(names)
 
 
@@ -349,11 +346,21 @@ def _finished_prefix(plan: RunPlan, fingerprint: str, *, joint: bool = False) ->
 
 
 def _clear_run(layout: RunLayout) -> None:
+    """``--restart``: remove the run's checkpoints, predictions and results (called only after
+    every check passed). Under torchrun the launch record the launcher just wrote is kept."""
+    import os
     import shutil
 
+    from prism.engine.launch import ARGV_ENV, LAUNCH_FILE
+
+    record_path = layout.results_dir / LAUNCH_FILE
+    relaunched = ARGV_ENV in os.environ  # a worker prism's launcher started, after writing the record
+    record = json.loads(record_path.read_text(encoding="utf-8")) if relaunched and record_path.is_file() else None
     for folder in (layout.checkpoints_dir, layout.predictions_dir, layout.results_dir):
         if folder.exists():
             shutil.rmtree(folder)
+    if record is not None:
+        _write_json(record_path, record)
 
 
 def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int, fingerprint: str,

@@ -33,6 +33,8 @@ class RunPlan:
 
 def plan_run(resolved: Any) -> RunPlan:
     from prism.config import task_selection
+    from prism.config.loader import _config_error
+    from prism.config.run_checks import task_name_problems
 
     cfg = resolved.config
     project_dir: Path = resolved.project_dir
@@ -40,16 +42,32 @@ def plan_run(resolved: Any) -> RunPlan:
     benchmark = benchmark_cls(cfg.benchmark, project_dir)
     tasks = benchmark.task_specs()
     names = [t.name for t in tasks]
+    problems = task_name_problems(cfg.benchmark.id, cfg.benchmark.tasks, cfg.train.overrides, names,
+                                  resolved.where)
+    if problems:
+        raise _config_error(problems)
     indices = task_selection(cfg.benchmark.tasks, names)
-    for name in cfg.train.overrides or {}:
-        if name not in names:
-            from prism.errors import ConfigError
-            from prism.registry import did_you_mean
-
-            raise ConfigError(f'[train.overrides."{name}"]: benchmark {cfg.benchmark.id!r} has no task {name!r}'
-                              f"{did_you_mean(name, names)}", hint="tasks: " + ", ".join(names))
     layout = RunLayout(resolved.output_dir, cfg.benchmark.id, cfg.method.id, cfg.backbone.id)
     return RunPlan(resolved=resolved, benchmark=benchmark, all_tasks=tasks, indices=indices, layout=layout)
+
+
+def check_run(resolved: Any) -> None:
+    """Everything ``prism train`` can check before it touches a file: the run checks with hub
+    ids fetched (``prism.config.run_checks``) and whether this machine can train at the chosen
+    precision. Runs before a relaunch under torchrun, and again first thing in every process."""
+    from prism.backbones.precision import check_precision, compute_device
+    from prism.config.run_checks import validate_run
+
+    validate_run(resolved, fetch=True)
+    mode, key = precision_for(resolved, "train")
+    check_precision(mode, compute_device(), key)
+
+
+def check_before_launch(resolved: Any) -> None:
+    """``check_run`` plus the benchmark's data (generated if it is generated): what the launcher
+    checks before torchrun starts, so that a run that cannot start leaves no launch record."""
+    check_run(resolved)
+    plan_run(resolved).benchmark.prepare()
 
 
 def build_method(plan: RunPlan) -> Method:
@@ -112,13 +130,9 @@ def _setting_name(resolved: Any, dotted: str, toml_key: str) -> str:
 
 def _project_path(value: str | None, project_dir: Path) -> str | None:
     """A relative local path in prism.toml is relative to its folder; ids and builtins pass through."""
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    local = project_dir / path
-    if not value.startswith("builtin:") and not path.is_absolute() and local.exists():
-        return str(local)
-    return value
+    from prism.config.loader import project_path
+
+    return project_path(value, project_dir)
 
 
 def quiet_libraries() -> None:
