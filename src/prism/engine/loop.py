@@ -312,7 +312,8 @@ def _training_records(plan: RunPlan, root: Path, position: int, reporter: Report
     spec = plan.sequence[position]
     policy = plan.config.benchmark.fix_policy
     records = load_train_records_checked(root, spec, plan.config.benchmark.max_train_samples, policy,
-                                         check_images=policy == "skip", warn=reporter.message)
+                                         check_images=policy == "skip", warn=reporter.message,
+                                         verify_images=plan.config.benchmark.verify_images)
     for record in records:
         record["_task"] = spec.name
     return records
