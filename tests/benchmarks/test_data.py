@@ -185,15 +185,16 @@ def test_bomb_png_is_what_pillow_refuses(tmp_path):
 def test_decompression_bomb_is_a_data_error_naming_file_and_record(root, backbone):
     bomb_png(root / "demo" / "images" / "bomb.png")
     records = [_record(), {**_record("blue"), "id": "r-bomb", "image": "images/bomb.png"}]
-    with pytest.raises(DataError) as err:  # training: the dataset the engine builds
-        TaskDataset(records, backbone=backbone, root=root, specs=TASK)
+    dataset = TaskDataset(records, backbone=backbone, root=root, specs=TASK)  # reads no image yet
+    with pytest.raises(DataError) as err:  # training: the dataset the engine builds, when the record is read
+        dataset[1]
     message = str(err.value)
     assert "cannot decode image" in message and str(root / "demo" / "images" / "bomb.png") in message
     assert "DecompressionBombError" in message and "'r-bomb'" in message
     assert str(root / TASK.train_file) in message and "prism data check" in message
     prompts = [{"question_id": "q-bomb", "image": "images/bomb.png", "text": "q", "answer": "a"}]
     with pytest.raises(DataError) as err:  # evaluation: the prompts
-        TaskDataset(prompts, backbone=backbone, root=root, specs=TASK, prompts=True)
+        TaskDataset(prompts, backbone=backbone, root=root, specs=TASK, prompts=True)[0]
     assert "DecompressionBombError" in str(err.value) and "question_id 'q-bomb'" in str(err.value)
     assert str(root / TASK.test_file) in str(err.value)
 

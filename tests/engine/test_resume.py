@@ -85,11 +85,11 @@ def _metrics(project: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _driver(tmp_path: Path, project: Path, fault: str) -> subprocess.CompletedProcess:
+def _driver(tmp_path: Path, project: Path, fault: str, *extra: str) -> subprocess.CompletedProcess:
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     env = dict(os.environ, PRISM_TEST_FAULT=fault, COLUMNS="200")
-    return subprocess.run([sys.executable, str(script), "train", *RUN], cwd=project, env=env,
+    return subprocess.run([sys.executable, str(script), "train", *RUN, *extra], cwd=project, env=env,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -149,6 +149,21 @@ def test_sigkill_then_resume_equals_uninterrupted(fault, project, tmp_path, refe
         # the resumed process continued after the last complete step checkpoint
         assert steps == list(range(1, int(fault.split(":")[2]) + 1)) + list(range(saved + 1, 25))
     assert not list(checkpoints.glob(".*")) and not list((checkpoints / "steps").glob(".*"))
+
+
+def test_sigkill_with_data_loader_workers_then_resume_equals_uninterrupted(project, tmp_path, reference):
+    """Two workers decode ahead of the step loop: a kill loses their prefetched batches, never the
+    position; the resumed run (workers again) ends at the adapters of the reference run, whose
+    data were decoded with the default number of workers (the count never changes the data)."""
+    workers = ("--set", "train.num_workers=2")
+    killed = _driver(tmp_path, project, "after-step-save:1:12", *workers)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run_cli(["train", *RUN, *workers], cwd=project)
+    assert resumed.code == 0, resumed
+    _assert_same(_adapters(project, 1), _adapters(reference["first"], 1))
+    _assert_same(_adapters(project, 0), _adapters(reference["first"], 0))
+    steps = [r["step"] for r in _metrics(project) if r["task"] == "shape_mc"]
+    assert steps == list(range(1, 13)) + list(range(13, 25))  # continued after step 12, replaying nothing
 
 
 def test_asynchronous_sigkill_during_training(project, reference):

@@ -10,6 +10,11 @@ ground truth that does not cover the test set) into one ``CheckReport``.
 the first bad record stops it (file and record index named), under ``"skip"``
 bad records are dropped with one warning line, so a few broken images in a
 40k-sample task do not cost a whole run.
+
+When the benchmark root holds an image manifest (``prism_images.sha256``, see
+``prism.benchmarks.image_manifest``), the check compares every image with it;
+``check_benchmark(..., write_manifest=True)`` records the images instead and
+writes the manifest when the check finds no problem.
 """
 
 from __future__ import annotations
@@ -31,6 +36,14 @@ from prism.benchmarks.data import (
     validate_test_record,
     validate_train_record,
 )
+from prism.benchmarks.image_manifest import (
+    ImageEntry,
+    ImageManifest,
+    ImageVerifier,
+    entry_of,
+    image_key,
+    verifier_for,
+)
 from prism.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -47,6 +60,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "missing_image": "image file not found",
     "corrupt_image": "image file that cannot be decoded",
     "escaping_image": "image path outside the image folder (absolute, .. or a symlink leading out)",
+    "manifest_mismatch": "image that differs from the image manifest (size or sha256), or is not in it",
     "duplicate_id": "id (train) or question_id (test) used twice",
     "invalid_gt": "caption ground truth that is not valid COCO",
     "missing_gt": "test record with no caption ground truth",
@@ -99,12 +113,13 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "missing\nimages": ("missing_image",),
     "corrupt\nimages": ("corrupt_image",),
     "outside\nroot": ("escaping_image",),
+    "manifest\nmismatch": ("manifest_mismatch",),
     "malformed\nrecords": ("malformed_record",),
     "duplicate\nids": ("duplicate_id",),
     "file\nproblems": ("missing_file", "unreadable_file", "invalid_gt"),
     "missing\ngt": ("missing_gt",),
 }
-_IMAGE_COLUMNS = ("missing\nimages", "corrupt\nimages")
+_IMAGE_COLUMNS = ("missing\nimages", "corrupt\nimages", "manifest\nmismatch")
 
 
 @dataclass
@@ -118,6 +133,8 @@ class CheckReport:
     tasks: list[TaskCheck] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[Problem]] = field(default_factory=dict)
+    manifest: str | None = None  # the image manifest written by this check, if any
+    manifest_images: int = 0  # images this check recorded in it
 
     @property
     def ok(self) -> bool:
@@ -156,6 +173,7 @@ class CheckReport:
             "root": self.root,
             "ok": self.ok,
             "images_checked": self.images_checked,
+            "manifest": self.manifest,
             "summary": self.summary(),
             "tasks": [{"name": t.name, "train_records": t.train_records, "test_records": t.test_records,
                        "files": dict(t.files), "problems": dict(t.problems)} for t in self.tasks],
@@ -253,12 +271,20 @@ def image_file_problem(path: Path) -> tuple[str, str] | None:
 
 
 class ImageChecker:
-    """Checks each image file once (VQA tasks reuse images across many records)."""
+    """Checks each image file once (VQA tasks reuse images across many records).
 
-    def __init__(self, root: Path, check_files: bool = True):
+    With ``verifier`` (the benchmark's image manifest) a file is compared with its
+    manifest entry before it is decoded. With ``record_entries`` the sha256 and size
+    of every image that passes are collected in ``entries`` (for writing a manifest).
+    """
+
+    def __init__(self, root: Path, check_files: bool = True, verifier: ImageVerifier | None = None,
+                 record_entries: bool = False):
         self.root = Path(root)
         self.check_files = check_files
-        self._seen: dict[Path, tuple[str, str] | None] = {}
+        self.verifier = verifier
+        self.entries: dict[str, ImageEntry] | None = {} if record_entries else None
+        self._seen: dict[tuple[Path, str], tuple[str, str] | None] = {}
 
     def problem(self, task: TaskSpec, record: dict) -> tuple[str, str] | None:
         """The record's image problem, None when it has no image or the image is fine."""
@@ -271,9 +297,21 @@ class ImageChecker:
             return "escaping_image", exc.message
         if not self.check_files:
             return None
-        if path not in self._seen:
-            self._seen[path] = image_file_problem(path)
-        return self._seen[path]
+        key = image_key(task.image_root, relpath)
+        if (path, key) not in self._seen:
+            self._seen[(path, key)] = self._file_problem(path, key)
+        return self._seen[(path, key)]
+
+    def _file_problem(self, path: Path, key: str) -> tuple[str, str] | None:
+        if self.verifier is not None and path.is_file():
+            try:
+                self.verifier.read(path, key, "")
+            except DataError as exc:
+                return "manifest_mismatch", exc.message
+        issue = image_file_problem(path)
+        if issue is None and self.entries is not None:
+            self.entries[key] = entry_of(path)
+        return issue
 
 
 # -- the whole-benchmark check -----------------------------------------------------------
@@ -287,7 +325,7 @@ def _selected_specs(benchmark: Benchmark, tasks: Any) -> list[TaskSpec]:
 
 def check_benchmark(benchmark: Benchmark, *, tasks: Any = None, check_images: bool = True,
                     max_examples: int = DEFAULT_MAX_EXAMPLES,
-                    progress: ProgressFn | None = None) -> CheckReport:
+                    progress: ProgressFn | None = None, write_manifest: bool = False) -> CheckReport:
     """Check every selected task's training and test files, images and caption ground truth.
 
     ``tasks`` takes what ``benchmark.tasks`` takes (names, indices, ranges); None
@@ -296,7 +334,14 @@ def check_benchmark(benchmark: Benchmark, *, tasks: Any = None, check_images: bo
     ``check_images=False`` checks the annotations only (image paths are still
     checked for escaping the image folder, which needs no disk access).
     ``progress(description, done, total)`` is called as records are checked.
+    Images are compared with the root's image manifest (sha256 and size) when it has
+    one. ``write_manifest=True`` records every image instead, and (re)writes the
+    manifest when the check finds no problem; an existing manifest's entries for
+    images of tasks not checked now are kept. ``report.manifest`` is the path written.
     """
+    if write_manifest and not check_images:
+        raise ConfigError("writing the image manifest reads every image: it cannot be combined with "
+                          "not checking images (--no-images)")
     root = benchmark.root
     report = CheckReport(benchmark=benchmark.id or type(benchmark).__name__, root=str(root),
                          images_checked=check_images, max_examples=max_examples)
@@ -305,7 +350,8 @@ def check_benchmark(benchmark: Benchmark, *, tasks: Any = None, check_images: bo
         report.add(Problem("missing_file", "", "", str(root), None, "benchmark data folder not found"))
         report.tasks = [TaskCheck(s.name) for s in specs]
         return report
-    images = ImageChecker(root, check_files=check_images)
+    verifier = None if write_manifest or not check_images else verifier_for(root, "hash")
+    images = ImageChecker(root, check_files=check_images, verifier=verifier, record_entries=write_manifest)
     alternatives = _accepted_alternatives(benchmark)
     for spec in specs:
         task = TaskCheck(spec.name)
@@ -319,6 +365,14 @@ def check_benchmark(benchmark: Benchmark, *, tasks: Any = None, check_images: bo
         valid_tests = _check_split(report, task, spec, "test", images, progress, alternatives)
         if spec.gt_file and (spec.metric == "coco_caption" or _full(root, spec.gt_file).exists()):
             _check_gt(report, task, spec, valid_tests, alternatives)
+    if write_manifest and report.ok:
+        try:
+            existing = ImageManifest.load(root)
+        except DataError:  # an unreadable manifest is what rewriting it repairs
+            existing = None
+        entries = {**(existing.entries if existing is not None else {}), **(images.entries or {})}
+        report.manifest = str(ImageManifest.write(root, entries))
+        report.manifest_images = len(images.entries or {})
     return report
 
 
@@ -435,7 +489,8 @@ def _gt_gap(record: dict, name_of: dict[str, str], ids_by_name: dict[str, list[s
 # -- training data under a fix policy ----------------------------------------------------
 def load_train_records_checked(root: Path, task: TaskSpec, max_samples: int | None = None,
                                policy: FixPolicy | str = "error", *, check_images: bool = True,
-                               warn: Callable[[str], None] | None = None) -> list[dict]:
+                               warn: Callable[[str], None] | None = None,
+                               verify_images: str = "size") -> list[dict]:
     """The task's training records with their images checked, under a fix policy.
 
     ``"error"``: like ``data.load_train_records`` (every record's structure is
@@ -445,7 +500,9 @@ def load_train_records_checked(root: Path, task: TaskSpec, max_samples: int | No
     image root) are dropped, reading on until ``max_samples`` good ones are
     found; one warning line gives the count and the first reasons. ``warn``
     receives that line (default: ``warnings.warn`` with SkippedRecordsWarning).
-    A missing or unreadable file is an error under both policies.
+    A missing or unreadable file is an error under both policies. With
+    ``check_images`` and an image manifest in ``root``, an image that differs from
+    it (``verify_images``: "size" or "hash") is bad too.
     """
     if policy not in FIX_POLICIES:
         raise ConfigError(f"benchmark.fix_policy: expected 'error' or 'skip', got {policy!r}")
@@ -453,7 +510,8 @@ def load_train_records_checked(root: Path, task: TaskSpec, max_samples: int | No
         raise ConfigError(f"max_samples must be at least 1, got {max_samples}")
     root = Path(root)
     path = root / task.train_file
-    images = ImageChecker(root, check_files=check_images)
+    images = ImageChecker(root, check_files=check_images,
+                          verifier=verifier_for(root, verify_images) if check_images else None)
     if policy == "error":
         hint = ('fix or remove the record, or set [benchmark] fix_policy = "skip"; '
                 "`prism data check` lists every problem")

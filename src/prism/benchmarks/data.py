@@ -7,12 +7,19 @@ does), tokenises the text *once* with offsets, and supervises exactly the
 tokens that lie inside the template's supervised segments (the answers).
 Tokenising once keeps sentencepiece-style tokenizers honest: tokenising
 segments separately would change how words at segment borders are split.
+
+``TaskDataset`` holds a task's records as their JSON rows and encodes a record
+(image decoded, text tokenised) only when it is read, so DataLoader workers do
+the decoding and memory does not grow with the task (a 336-px image is 1.35 MB
+of fp32 pixels; a UCIT task has ~40k records).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,12 +28,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from prism.benchmarks.base import TaskSpec
-from prism.errors import ConfigError, DataError
+from prism.benchmarks.image_manifest import ImageVerifier, image_key, verifier_for
+from prism.errors import ConfigError, DataError, PrismError
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from prism.backbones.base import LoadedBackbone
+    from prism.backbones.template import ConversationTemplate
 
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
@@ -176,20 +185,26 @@ def decode_failure(exc: BaseException, path: Path) -> str:
     return type(exc).__name__ + (f": {said}" if said and str(path) not in said else "")
 
 
-def load_image(path: Path, *, context: str = "") -> "Image.Image":
+def load_image(path: Path, *, context: str = "", verifier: ImageVerifier | None = None,
+               key: str | None = None) -> "Image.Image":
     """Open an image as RGB; a missing or undecodable file is a DataError naming it.
 
     Anything PIL raises counts as undecodable, as in ``prism data check``: its
     errors are of many types, and a header claiming a huge size raises
-    DecompressionBombError, which is not an OSError.
+    DecompressionBombError, which is not an OSError. With a ``verifier`` (the
+    benchmark has an image manifest) the file is first checked against the
+    manifest's entry ``key``; in hash mode the bytes read for the hash are decoded.
     """
     from PIL import Image
 
     where = f" ({context})" if context else ""
-    if not path.is_file():
+    data = None
+    if verifier is not None:
+        data = verifier.read(path, key or str(path), where)
+    elif not path.is_file():
         raise DataError(f"image not found: {path}{where}", hint=IMAGE_HINT)
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             return image.convert("RGB")
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         raise DataError(f"cannot decode image {path}{where}: {decode_failure(exc, path)}",
@@ -202,6 +217,30 @@ def pixel_values(images: list["Image.Image"], image_processor: Any) -> torch.Ten
 
 
 # -- encoding ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Encoder:
+    """What encoding needs of a backbone, without the model: small and picklable, so
+    DataLoader workers (forked or spawned) get the tokenizer and image processor only."""
+
+    tokenizer: Any
+    image_processor: Any
+    template: "ConversationTemplate"
+    num_image_tokens: int
+    image_token: str = "<image>"
+    model_path: str = ""
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.tokenizer.convert_tokens_to_ids(self.image_token))
+
+    @classmethod
+    def of(cls, backbone: "LoadedBackbone | Encoder") -> "Encoder":
+        if isinstance(backbone, Encoder):
+            return backbone
+        return cls(backbone.tokenizer, backbone.image_processor, backbone.template, backbone.num_image_tokens,
+                   backbone.image_token, backbone.model_path)
+
+
 @dataclass
 class EncodedSample:
     """One record, tokenised: what ``collate`` stacks into a Batch."""
@@ -264,15 +303,17 @@ def _with_placeholder(text: str) -> str:
     return text if IMAGE_PLACEHOLDER in text else f"{IMAGE_PLACEHOLDER}\n{text}"
 
 
-def _image_pixels(record: dict, backbone: "LoadedBackbone", root: Path, task: TaskSpec,
-                  context: str) -> torch.Tensor | None:
+def _image_pixels(record: dict, backbone: "LoadedBackbone | Encoder", root: Path, task: TaskSpec,
+                  context: str, verifier: ImageVerifier | None = None) -> torch.Tensor | None:
     if not record.get("image"):
         return None
     try:
         path = resolve_image(Path(root), task, record["image"])
     except DataError as exc:
         raise DataError(f"{exc.message} ({context})", hint=IMAGE_HINT) from None
-    return pixel_values([load_image(path, context=context)], backbone.image_processor)[0]
+    key = image_key(task.image_root, record["image"]) if verifier is not None else None
+    image = load_image(path, context=context, verifier=verifier, key=key)
+    return pixel_values([image], backbone.image_processor)[0]
 
 
 def _context(task: TaskSpec, root: Path, filename: str, record: dict, key: str) -> str:
@@ -280,26 +321,59 @@ def _context(task: TaskSpec, root: Path, filename: str, record: dict, key: str) 
     return f"task {task.name}, {Path(root) / filename}, {key} {record.get(key)!r}"
 
 
-def encode_train(record: dict, backbone: "LoadedBackbone", root: Path, task: TaskSpec,
-                 task_index: int = 0) -> EncodedSample:
+def _train_turns(record: dict) -> list[tuple[str, str]]:
+    turns = [(turn["from"], turn["value"]) for turn in record["conversations"]]
+    if record.get("image"):
+        turns[0] = (turns[0][0], _with_placeholder(turns[0][1]))
+    return turns
+
+
+def _prompt_text(record: dict) -> str:
+    return _with_placeholder(record["text"]) if record.get("image") else record["text"]
+
+
+def encode_train(record: dict, backbone: "LoadedBackbone | Encoder", root: Path, task: TaskSpec,
+                 task_index: int = 0, verifier: ImageVerifier | None = None) -> EncodedSample:
     """A training record: the whole conversation, answers supervised."""
     has_image = bool(record.get("image"))
-    turns = [(turn["from"], turn["value"]) for turn in record["conversations"]]
-    if has_image:
-        turns[0] = (turns[0][0], _with_placeholder(turns[0][1]))
+    turns = _train_turns(record)
     ids, labels = encode_text(turns, backbone, num_images=int(has_image), add_generation_prompt=False)
-    pixels = _image_pixels(record, backbone, root, task, _context(task, root, task.train_file, record, "id"))
+    pixels = _image_pixels(record, backbone, root, task, _context(task, root, task.train_file, record, "id"),
+                           verifier)
     return EncodedSample(ids, labels, pixels, record, _first_human(turns[0][1]), task_index)
 
 
-def encode_prompt(record: dict, backbone: "LoadedBackbone", root: Path, task: TaskSpec,
-                  task_index: int = 0) -> EncodedSample:
+def encode_prompt(record: dict, backbone: "LoadedBackbone | Encoder", root: Path, task: TaskSpec,
+                  task_index: int = 0, verifier: ImageVerifier | None = None) -> EncodedSample:
     """A test record as a generation prompt (ends with the assistant role, no answer)."""
     has_image = bool(record.get("image"))
-    text = _with_placeholder(record["text"]) if has_image else record["text"]
+    text = _prompt_text(record)
     ids, _ = encode_text([("human", text)], backbone, num_images=int(has_image), add_generation_prompt=True)
-    pixels = _image_pixels(record, backbone, root, task, _context(task, root, task.test_file, record, "question_id"))
+    pixels = _image_pixels(record, backbone, root, task,
+                           _context(task, root, task.test_file, record, "question_id"), verifier)
     return EncodedSample(ids, None, pixels, record, _first_human(text), task_index)
+
+
+def token_lengths(records: Sequence[dict], backbone: "LoadedBackbone | Encoder", *,
+                  prompts: bool = False) -> list[int]:
+    """Each record's length in tokens, from its text alone (no image is opened).
+
+    The conversation is rendered with the template and tokenised in one batch with
+    each ``<image>`` as a single image token, which is then counted as the image's
+    ``num_image_tokens``: the length ``encode_train`` / ``encode_prompt`` give, up to
+    how a tokenizer may split words next to the expanded image tokens.
+    """
+    encoder = Encoder.of(backbone)
+    if not records:
+        return []
+    texts = []
+    for record in records:
+        turns = [("human", _prompt_text(record))] if prompts else _train_turns(record)
+        rendered = "".join(segment for segment, _ in encoder.template.render(turns, prompts))
+        texts.append(rendered.replace(IMAGE_PLACEHOLDER, encoder.image_token))
+    ids = encoder.tokenizer(texts, add_special_tokens=True)["input_ids"]
+    extra = encoder.num_image_tokens - 1
+    return [len(row) + (extra if record.get("image") else 0) for row, record in zip(ids, records)]
 
 
 # -- batches -----------------------------------------------------------------------------
@@ -322,6 +396,11 @@ class Batch:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the batch's token positions that are padding."""
+        return 1.0 - float(self.attention_mask.sum()) / max(1, self.attention_mask.numel())
+
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for ``model(**...)`` / ``model.generate(**...)``."""
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -332,11 +411,20 @@ class Batch:
         return inputs
 
     def to(self, device: Any) -> "Batch":
+        """On ``device``; pinned tensors (DataLoader ``pin_memory``) are copied asynchronously."""
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
+            return None if t is None else t.to(device, non_blocking=t.is_pinned())
 
         return replace(self, input_ids=move(self.input_ids), attention_mask=move(self.attention_mask),
                        labels=move(self.labels), pixel_values=move(self.pixel_values))
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies of the tensors (DataLoader calls this with ``pin_memory=True``)."""
+        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.pin_memory()
+
+        return replace(self, input_ids=pin(self.input_ids), attention_mask=pin(self.attention_mask),
+                       labels=pin(self.labels), pixel_values=pin(self.pixel_values))
 
 
 def collate(samples: Sequence[EncodedSample], pad_token_id: int, padding_side: str) -> Batch:
@@ -377,40 +465,74 @@ def _as_generator(generator: torch.Generator | int | None) -> torch.Generator | 
 
 
 class TaskDataset:
-    """A task's records, encoded once (the same samples serve every epoch).
+    """A task's records, read and encoded one at a time (``dataset[i]`` is an EncodedSample).
+
+    Records are kept as their compact JSON rows in one buffer (with the offsets
+    of each row), not as Python objects: reading a row in a DataLoader worker
+    then touches no reference counts, so forked workers do not copy the task
+    page by page. ``dataset[i]`` decodes the record's image and tokenises it;
+    ``lengths`` are token counts from the text alone (computed once, for
+    length-grouped batching), ``with_image`` says which records have an image.
 
     ``specs`` maps task names to TaskSpecs (or is a list of them, or one spec);
     a record's task is ``record["_task"]`` (set by the engine and kept by replay
     methods), else ``task``, else the only spec. ``task_indices`` in batches are
     positions in ``specs``' order. ``prompts=True`` encodes test records as
     generation prompts (left padding) instead of training conversations.
+    ``verify_images`` ("size" or "hash") is how images are checked against the
+    benchmark's image manifest, when ``root`` has one.
     """
 
-    def __init__(self, records: Sequence[dict], *, backbone: "LoadedBackbone", root: Path,
+    def __init__(self, records: Sequence[dict], *, backbone: "LoadedBackbone | Encoder", root: Path,
                  specs: Mapping[str, TaskSpec] | Sequence[TaskSpec] | TaskSpec,
-                 task: str | None = None, prompts: bool = False):
+                 task: str | None = None, prompts: bool = False, verify_images: str = "size"):
         if isinstance(specs, TaskSpec):
             specs = [specs]
         by_name = dict(specs) if isinstance(specs, Mapping) else {s.name: s for s in specs}
         index = {name: i for i, name in enumerate(by_name)}
         if task is None and len(by_name) == 1:
             task = next(iter(by_name))
-        encode = encode_prompt if prompts else encode_train
+        self.specs = list(by_name.values())
+        self.encoder = Encoder.of(backbone)
+        self.root = Path(root)
         self.prompts = prompts
-        self.pad_token_id = _pad_id(backbone.tokenizer)
-        self.samples: list[EncodedSample] = []
+        self.pad_token_id = _pad_id(self.encoder.tokenizer)
+        self.verifier = verifier_for(self.root, verify_images)
+        self._tasks = array("i")
+        rows: list[bytes] = []
         for i, record in enumerate(records):
             name = record.get(TASK_KEY, task)
             if name not in by_name:
                 raise DataError(f"record {i} (id {record.get('id', record.get('question_id'))!r}) belongs to "
                                 f"task {name!r}, which is not among {sorted(by_name)}")
-            self.samples.append(encode(record, backbone, Path(root), by_name[name], index[name]))
+            self._tasks.append(index[name])
+            rows.append(_json_row(record, i))
+        self._offsets = array("q", [0])
+        total = 0
+        for row in rows:
+            total += len(row)
+            self._offsets.append(total)
+        self._rows = b"".join(rows)
+        self.lengths = array("i", token_lengths(records, self.encoder, prompts=prompts))
+        self.with_image = bytes(bool(r.get("image")) for r in records)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._tasks)
+
+    def record(self, i: int) -> dict:
+        """Record ``i`` as loaded (a fresh dict), without encoding it."""
+        return json.loads(self._rows[self._offsets[i]:self._offsets[i + 1]])
 
     def __getitem__(self, i: int) -> EncodedSample:
-        return self.samples[i]
+        if not 0 <= i < len(self):
+            raise IndexError(f"record {i} of a dataset of {len(self)}")
+        encode = encode_prompt if self.prompts else encode_train
+        task_index = self._tasks[i]
+        return encode(self.record(i), self.encoder, self.root, self.specs[task_index], task_index, self.verifier)
+
+    def modality_lengths(self) -> list[int]:
+        """Token counts signed by modality (LLaVA's convention): positive with an image, negative without."""
+        return [n if image else -n for n, image in zip(self.lengths, self.with_image)]
 
     def batches(self, batch_size: int, *, generator: torch.Generator | int | None = None,
                 shuffle: bool = True, drop_last: bool = False,
@@ -418,11 +540,11 @@ class TaskDataset:
         """One pass in a deterministic order: a permutation drawn from ``generator`` (or a seed).
 
         Passing the same Generator to successive calls gives a fresh, reproducible
-        order each epoch.
+        order each epoch. Records are encoded as the batches are made (in this process).
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        n = len(self.samples)
+        n = len(self)
         if shuffle:
             order = torch.randperm(n, generator=_as_generator(generator)).tolist()
         else:
@@ -434,9 +556,31 @@ class TaskDataset:
             yield self.batch(chunk, padding_side=padding_side)
 
     def batch(self, indices: Sequence[int], padding_side: str | None = None) -> Batch:
-        """The samples at ``indices`` collated into one batch."""
-        side = padding_side or ("left" if self.prompts else "right")
-        return collate([self.samples[i] for i in indices], self.pad_token_id, side)
+        """The samples at ``indices`` encoded and collated into one batch."""
+        return self.collator(padding_side)([self[i] for i in indices])
+
+    def collator(self, padding_side: str | None = None) -> "Collator":
+        """The picklable collate function of this dataset (for DataLoader workers)."""
+        return Collator(self.pad_token_id, padding_side or ("left" if self.prompts else "right"))
+
+
+@dataclass(frozen=True)
+class Collator:
+    """``collate`` with its padding fixed, as a picklable callable."""
+
+    pad_token_id: int
+    padding_side: str
+
+    def __call__(self, samples: Sequence[EncodedSample]) -> Batch:
+        return collate(samples, self.pad_token_id, self.padding_side)
+
+
+def _json_row(record: dict, index: int) -> bytes:
+    try:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise PrismError(f"record {index} (id {record.get('id', record.get('question_id'))!r}) cannot be kept "
+                         f"as a JSON row: {exc}", hint="records (and what methods add to them) must be JSON data") from None
 
 
 def _pad_id(tokenizer: Any) -> int:

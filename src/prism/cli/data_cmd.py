@@ -1,7 +1,9 @@
 """`prism data check`: every problem of a benchmark's data in one report.
 
 Exit 0 when the data is clean, 1 when anything is wrong (after printing the
-whole report), 2 for configuration errors.
+whole report), 2 for configuration errors. ``--write-manifest`` also records the
+sha256 and size of every image in the benchmark root's image manifest, which
+training and evaluation then check images against.
 """
 
 from __future__ import annotations
@@ -30,12 +32,15 @@ NoImagesOpt = Annotated[bool, typer.Option(
     "--no-images", help="Check the annotation files only; do not open image files (much faster).")]
 MaxExamplesOpt = Annotated[int, typer.Option(
     "--max-examples", min=1, help="How many examples to list per problem kind.")]
+WriteManifestOpt = Annotated[bool, typer.Option(
+    "--write-manifest", help="Record the sha256 and size of every image the checked records reference "
+    "in <root>/prism_images.sha256 (written only when the check finds no problem).")]
 
 
 @data_app.command("check")
 def check(benchmark: BenchmarkOpt = None, tasks: TasksOpt = None, config: ConfigOpt = None,
           set_: SetOpt = None, no_images: NoImagesOpt = False, max_examples: MaxExamplesOpt = 10,
-          json_: JsonOpt = False) -> None:
+          write_manifest: WriteManifestOpt = False, json_: JsonOpt = False) -> None:
     """Validate the selected tasks' training and test files, their images and caption ground truth."""
     from prism.config import load_config, task_selection
     from prism.plugins import registry
@@ -43,6 +48,10 @@ def check(benchmark: BenchmarkOpt = None, tasks: TasksOpt = None, config: Config
     resolved = load_config(config, sets=set_, flags={"benchmark.id": benchmark, "benchmark.tasks": tasks},
                            validate_method=False)
     cfg = resolved.config
+    if write_manifest and no_images:
+        from prism.errors import UsageError
+
+        raise UsageError("--write-manifest reads every image; it cannot be combined with --no-images")
     bench = registry("benchmark", resolved.project_dir).load(cfg.benchmark.id)(cfg.benchmark, resolved.project_dir)
     # Configuration mistakes (task names, overrides) surface before the slow imports below.
     task_selection(cfg.benchmark.tasks, [spec.name for spec in bench.task_specs()])
@@ -53,13 +62,19 @@ def check(benchmark: BenchmarkOpt = None, tasks: TasksOpt = None, config: Config
     console = stderr_console()
     with _progress(console, enabled=not json_) as update:
         report = check_benchmark(bench, check_images=not no_images, max_examples=max_examples,
-                                 progress=update)
+                                 progress=update, write_manifest=write_manifest)
     if json_:
         emit_json(report.to_dict())
     else:
         report.render(console, summary=report.ok)  # with problems, the error line is the summary
+        if report.manifest is not None:
+            console.print(f"image manifest: {report.manifest_images} image(s) recorded in {report.manifest}",
+                          highlight=False, markup=False)
     if not report.ok:
-        raise check_summary_error(report)
+        error = check_summary_error(report)
+        if write_manifest:
+            error.message += "; the image manifest was not written"
+        raise error
 
 
 class _progress:

@@ -147,6 +147,10 @@ class BenchmarkConfig(_Table):
     fix_policy: Literal["error", "skip"] = Field(
         "error", description="bad training records: stop with an error, or skip them with one warning",
     )
+    verify_images: Literal["size", "hash"] = Field(
+        "size", description="with an image manifest (prism_images.sha256): check each image's size, "
+        "or its sha256 too, when it is read",
+    )
     overrides: dict[str, TaskOverride] | None = Field(
         None, description="per-task replacements of files, image root, metric, max_new_tokens "
         "(None: the benchmark's defaults for every task)",
@@ -238,6 +242,9 @@ class TrainConfig(_Table):
         default_factory=list, description="trackers fed through accelerate (tensorboard, wandb, ...)",
     )
     eval_after_each_task: bool = Field(True, description="fill the accuracy matrix row by row")
+    num_workers: int | None = Field(
+        None, ge=0, description="DataLoader workers per process decoding images (None: from the CPU count)",
+    )
 
     overrides: dict[str, TrainOverride] | None = Field(
         None, description="per-task lr, epochs, max_steps, batch sizes, warm-up, weight decay, projector lr",

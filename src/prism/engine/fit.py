@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from prism.benchmarks.data import Batch
+from prism.engine.data_loader import MicroBatchLoader, resolve_num_workers
 from prism.engine.data_stream import DataStream
 from prism.engine.interrupt import Interrupted, deferred_interrupt
 from prism.engine.metrics_log import MetricsLog
@@ -78,8 +79,8 @@ class TaskFitter(FitHandle):
         self.step_offset = step_offset
         #: prism.engine.zero.DeepSpeedRun when [distributed] backend = "deepspeed", else None
         self.deepspeed = deepspeed
-        #: (micro batch, processes, global micro-batches consumed) of the last fit
-        self._served: tuple[int, int, int] | None = None
+        #: (micro batch, processes, accumulation, global micro-batches consumed) of the last fit
+        self._served: tuple[int, int, int, int] | None = None
 
     # -- FitHandle -------------------------------------------------------------
     def batches(self, limit: int | None = None, batch_size: int | None = None) -> Iterator[Batch]:
@@ -97,9 +98,15 @@ class TaskFitter(FitHandle):
     def served_records(self) -> list[dict]:
         if self._served is None:
             return []
-        micro, world, count = self._served
-        indices = DataStream(self.dataset, micro, self.seed, rank=0, world=world).served_indices(count)
-        return [self.dataset[i].record for i in indices]
+        micro, world, accumulation, count = self._served
+        indices = self._stream(micro, 0, world, accumulation).served_indices(count)
+        return [self.dataset.record(i) for i in indices]
+
+    def _stream(self, micro: int, rank: int, world: int, accumulation: int) -> DataStream:
+        """The fit's data order: length-grouped when the dataset knows its records' lengths."""
+        lengths = getattr(self.dataset, "modality_lengths", None)
+        return DataStream(self.dataset, micro, self.seed, rank=rank, world=world, accumulation=accumulation,
+                          lengths=lengths() if lengths is not None else None)
 
     def steps(self) -> int:
         cfg = self.cfg
@@ -118,7 +125,7 @@ class TaskFitter(FitHandle):
         params = list(named.values())
         optimizer = torch.optim.AdamW(self._param_groups(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = _scheduler(cfg, optimizer, steps)
-        stream = DataStream(self.dataset, micro, self.seed, rank=self.accelerator.process_index, world=world)
+        stream = self._stream(micro, self.accelerator.process_index, world, accumulation)
         result = FitResult(steps=0, samples=0, seconds=0.0)
         resume = checkpointer.load() if checkpointer is not None else None
         if resume is not None:
@@ -139,6 +146,8 @@ class TaskFitter(FitHandle):
                 ds.restore(named, resume.trainable, optimizer, resume.optimizer)
                 restore_rng(*resume.rng[self.accelerator.process_index])
         model.train()
+        loader = MicroBatchLoader(stream, num_workers=resolve_num_workers(getattr(cfg, "num_workers", None), world),
+                                  pin_memory=torch.device(self.device).type == "cuda", seed=self.seed)
         started = time.perf_counter()
         metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
                              step_offset=self.step_offset, samples_before=result.samples, every=cfg.log_every)
@@ -152,7 +161,7 @@ class TaskFitter(FitHandle):
                                           hint="run the same `prism train` again to continue from this step")
                     optimizer.zero_grad(set_to_none=True)
                     step_loss = 0.0
-                    micro_batches = [stream.next() for _ in range(accumulation)]
+                    micro_batches = [loader.next() for _ in range(accumulation)]
                     weights = self._token_weights(micro_batches)
                     for position, (batch, weight) in enumerate(zip(micro_batches, weights)):
                         batch = batch.to(self.device)
@@ -186,9 +195,10 @@ class TaskFitter(FitHandle):
                     if checkpointer is not None and checkpointer.due(result.steps, steps):
                         checkpointer.save(self._state(result, steps, named, optimizer, scheduler, stream))
         finally:
+            loader.close()
             metrics.close()
         result.seconds = time.perf_counter() - started
-        self._served = (micro, world, result.steps * accumulation * world)
+        self._served = (micro, world, accumulation, result.steps * accumulation * world)
         model.eval()
         if ds is not None:
             ds.after_fit(self.model)  # engine destroyed; ZeRO-3: parameters gathered until the next fit

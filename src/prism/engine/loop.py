@@ -55,7 +55,7 @@ FINGERPRINT_EXCLUDED = (("benchmark", "tasks"), ("infer", "batch_size"), ("infer
                         ("train", "save_every_steps"), ("train", "report_to"), ("project", "name"),
                         ("project", "output_dir"), ("benchmark", "root"), ("benchmark", "max_test_samples"),
                         ("train", "eval_after_each_task"), ("distributed", "nproc"), ("distributed", "gpus"),
-                        ("distributed", "master_port"))
+                        ("distributed", "master_port"), ("train", "num_workers"), ("benchmark", "verify_images"))
 
 
 def run_fingerprint(resolved: Any) -> str:
@@ -187,7 +187,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
             records = [r for p in sources for r in _training_records(plan, root, p, reporter)]
             records = method.training_records(task, records)
             dataset = TaskDataset(records, backbone=backbone, root=root,
-                                  specs={t.name: t for t in plan.all_tasks})
+                                  specs={t.name: t for t in plan.all_tasks}, verify_images=cfg.benchmark.verify_images)
             fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train if joint else cfg.train.for_task(spec.name),
                                 seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
                                 log_path=layout.results_dir / METRICS_FILE,
@@ -309,7 +309,8 @@ def _training_records(plan: RunPlan, root: Path, position: int, reporter: Report
     spec = plan.sequence[position]
     policy = plan.config.benchmark.fix_policy
     records = load_train_records_checked(root, spec, plan.config.benchmark.max_train_samples, policy,
-                                         check_images=policy == "skip", warn=reporter.message)
+                                         check_images=policy == "skip", warn=reporter.message,
+                                         verify_images=plan.config.benchmark.verify_images)
     for record in records:
         record["_task"] = spec.name
     return records
@@ -463,7 +464,7 @@ def evaluate_row(plan: RunPlan, backbone: Any, method: Method, root: Path, posit
             out_path=layout.prediction_file(plan.indices[position], spec.name), model_id=model_id,
             batch_size=cfg.infer.batch_size, max_new_tokens=cfg.infer.max_new_tokens or spec.max_new_tokens,
             num_beams=cfg.infer.num_beams, temperature=cfg.infer.temperature,
-            on_batch=reporter.eval_progress)
+            on_batch=reporter.eval_progress, num_workers=cfg.train.num_workers, verify_images=cfg.benchmark.verify_images)
         result = score_task(spec, root, predictions, plan.resolved.project_dir)
         matrix.set(position, i, result.score)
         details[spec.name] = result.to_dict()

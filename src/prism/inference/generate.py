@@ -1,4 +1,9 @@
-"""Greedy (or beam) generation over a task's test records."""
+"""Greedy (or beam) generation over a task's test records.
+
+Prompts are encoded by DataLoader workers (``num_workers``) as batches are needed,
+and batched by prompt length (longest first), so a batch pads little; the
+predictions come back in the records' order.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +35,14 @@ def suppressed_token_ids(tokenizer: Any, vocab_rows: int | None = None) -> list[
 def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, records: list[dict],
                  out_path: Path, model_id: str, batch_size: int, max_new_tokens: int,
                  num_beams: int = 1, temperature: float = 0.0,
-                 on_batch: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Generate answers for ``records`` not yet in ``out_path``; return every prediction."""
-    from prism.benchmarks.data import collate, encode_prompt
+                 on_batch: Callable[[int, int], None] | None = None, num_workers: int | None = 0,
+                 verify_images: str = "size") -> list[dict[str, Any]]:
+    """Generate answers for ``records`` not yet in ``out_path``; return every prediction.
+
+    ``num_workers`` None: the default for this machine (``[train] num_workers`` unset).
+    """
+    from prism.benchmarks.data import TaskDataset
+    from prism.engine.data_loader import load_batches, resolve_num_workers
 
     done = pred_files.read_done(out_path, model_id)
     done_ids = {str(r["question_id"]) for r in done}
@@ -50,29 +60,44 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     else:
         generation.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     finished = len(done)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        samples = [encode_prompt(r, backbone, root, spec) for r in chunk]
-        batch = collate(samples, pad_token_id=tokenizer.pad_token_id, padding_side="left").to(device)
-        method.before_forward(batch, training=False)
-        inputs = batch.model_inputs()
-        out = model.generate(**inputs, **generation)
-        new_tokens = out[:, inputs["input_ids"].shape[1]:]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        lines = []
-        for record, sample, text in zip(chunk, samples, texts):
-            lines.append({
-                "question_id": record["question_id"],
-                "prompt": record.get("text", ""),
-                "text": text.strip(),
-                "answer": record.get("answer"),
-                "model_id": model_id,
-                "metadata": {"task": spec.name, "image": record.get("image")},
-            })
-        pred_files.append(out_path, lines)
-        done.extend(lines)
-        finished += len(chunk)
-        if on_batch is not None:
-            on_batch(finished, len(records))
+    if todo:
+        prompts = TaskDataset(todo, backbone=backbone, root=root, specs=spec, prompts=True,
+                              verify_images=verify_images)
+        batches = load_batches(prompts, length_sorted_batches(prompts.lengths, batch_size),
+                               num_workers=resolve_num_workers(num_workers),
+                               pin_memory=torch.device(device).type == "cuda")
+        try:
+            for _, batch in batches:
+                batch = batch.to(device)
+                method.before_forward(batch, training=False)
+                inputs = batch.model_inputs()
+                out = model.generate(**inputs, **generation)
+                new_tokens = out[:, inputs["input_ids"].shape[1]:]
+                texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+                lines = [_prediction(record, text, spec, model_id) for record, text in zip(batch.records, texts)]
+                pred_files.append(out_path, lines)
+                done.extend(lines)
+                finished += len(lines)
+                if on_batch is not None:
+                    on_batch(finished, len(records))
+        finally:
+            batches.close()
     order = {str(r["question_id"]): i for i, r in enumerate(records)}
     return sorted(done, key=lambda r: order.get(str(r["question_id"]), len(order)))
+
+
+def length_sorted_batches(lengths: Any, batch_size: int) -> list[list[int]]:
+    """Index batches of ``batch_size`` over records sorted by length, longest first (ties in order)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _prediction(record: dict, text: str, spec: TaskSpec, model_id: str) -> dict[str, Any]:
+    return {
+        "question_id": record["question_id"],
+        "prompt": record.get("text", ""),
+        "text": text.strip(),
+        "answer": record.get("answer"),
+        "model_id": model_id,
+        "metadata": {"task": spec.name, "image": record.get("image")},
+    }
