@@ -16,6 +16,7 @@ Compare the ratios of one run (the machine's other load moves absolute figures).
 from __future__ import annotations
 
 import argparse
+import warnings
 import json
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def main() -> None:
     from tests.engine import scale_data
 
     quiet_libraries()
+    warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on a small machine: measured on purpose
     with tempfile.TemporaryDirectory(prefix="prism-data-bench-") as tmp:
         base = Path(tmp)
         timed = scale_data.write_task(base / "timed", 2000, images=256, text_only=0.1, tests=2000, photos=True)
