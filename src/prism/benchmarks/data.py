@@ -358,7 +358,7 @@ def token_lengths(records: Sequence[dict], backbone: "LoadedBackbone | Encoder",
                   prompts: bool = False) -> list[int]:
     """Each record's length in tokens, from its text alone (no image is opened).
 
-    The conversation is rendered with the template and tokenised in one batch with
+    The conversation is rendered with the template and tokenised (in batches) with
     each ``<image>`` as a single image token, which is then counted as the image's
     ``num_image_tokens``: the length ``encode_train`` / ``encode_prompt`` give, up to
     how a tokenizer may split words next to the expanded image tokens.
@@ -400,11 +400,6 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of the batch's token positions that are padding."""
-        return 1.0 - float(self.attention_mask.sum()) / max(1, self.attention_mask.numel())
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for ``model(**...)`` / ``model.generate(**...)``."""
