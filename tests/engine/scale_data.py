@@ -59,15 +59,20 @@ def build_model(out: Path, seed: int = 0) -> Path:
     return tiny.save_asset(Path(out), [model, processor], tiny.METADATA_FILE, meta)
 
 
-def _image(index: int):
-    """A cheap but distinct 336-px picture: a two-colour split at a per-image position."""
+def _image(index: int, size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE), texture: bool = False):
+    """A cheap but distinct picture: a two-colour split at a per-image position; with ``texture``,
+    per-pixel noise too (decodes like a photograph rather than a flat drawing)."""
     from PIL import Image, ImageDraw
 
     rng = random.Random(index)
-    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), tuple(rng.randrange(256) for _ in range(3)))
+    width, height = size
+    image = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
     draw = ImageDraw.Draw(image)
-    x, y = rng.randrange(IMAGE_SIZE // 2), rng.randrange(IMAGE_SIZE // 2)
-    draw.rectangle((x, y, x + IMAGE_SIZE // 3, y + IMAGE_SIZE // 3), fill=tuple(rng.randrange(256) for _ in range(3)))
+    x, y = rng.randrange(width // 2), rng.randrange(height // 2)
+    draw.rectangle((x, y, x + width // 3, y + height // 3), fill=tuple(rng.randrange(256) for _ in range(3)))
+    if texture:
+        noise = Image.effect_noise(size, 40).convert("RGB")
+        image = Image.blend(image, noise, 0.3)
     return image
 
 
@@ -76,20 +81,25 @@ def _sentence(rng: random.Random, low: int, high: int) -> str:
 
 
 def write_task(root: Path, records: int, *, images: int = 64, text_only: float = 0.0, tests: int = 8,
-               seed: int = 0) -> Path:
+               seed: int = 0, photos: bool = False) -> Path:
     """A UCIT folder holding one task (ImageNet-R) of ``records`` training records over ``images`` PNGs.
 
     Questions and answers have varied lengths (as real tasks do), ``text_only`` of the records
     have no image; records cycle through the images (VQA tasks share images between records).
+    ``photos``: 500x375 textured JPEGs instead (what real tasks hold; the processor resizes them).
     """
     rng = random.Random(seed)
     root = Path(root)
     image_dir = root / IMAGE_ROOT / TASK
     image_dir.mkdir(parents=True, exist_ok=True)
+    suffix = ".jpg" if photos else ".png"
     for i in range(images):
-        path = image_dir / f"{i:05d}.png"
+        path = image_dir / f"{i:05d}{suffix}"
         if not path.exists():
-            _image(i).save(path)
+            if photos:
+                _image(i, (500, 375), texture=True).save(path, quality=90)
+            else:
+                _image(i).save(path)
     train = []
     for i in range(records):
         question = _sentence(rng, 3, 40)
@@ -97,10 +107,10 @@ def write_task(root: Path, records: int, *, images: int = 64, text_only: float =
         record = {"id": f"r{i}", "conversations": [{"from": "human", "value": question},
                                                    {"from": "gpt", "value": answer}]}
         if rng.random() >= text_only:
-            record["image"] = f"{TASK}/{i % images:05d}.png"
+            record["image"] = f"{TASK}/{i % images:05d}{suffix}"
             record["conversations"][0]["value"] = "<image>\n" + question
         train.append(record)
-    test = [{"question_id": i, "image": f"{TASK}/{i % images:05d}.png", "text": _sentence(rng, 3, 30),
+    test = [{"question_id": i, "image": f"{TASK}/{i % images:05d}{suffix}", "text": _sentence(rng, 3, 30),
              "answer": "red"} for i in range(tests)]
     folder = root / "instructions" / TASK
     folder.mkdir(parents=True, exist_ok=True)
@@ -136,3 +146,20 @@ eval_after_each_task = false
 save_every_steps = 0
 {extra}
 """
+
+
+def encoder():
+    """What encoding needs of the 336-px model (tokenizer, processor, template), without the model."""
+    from prism.backbones import tiny
+    from prism.backbones.intern_vit import imagenet_image_processor
+    from prism.backbones.template import get_template
+    from prism.benchmarks.data import Encoder
+
+    return Encoder(tiny.build_tokenizer(), imagenet_image_processor(IMAGE_SIZE), get_template("tiny"),
+                   NUM_IMAGE_TOKENS, tiny.IMAGE_TOKEN, "scale-336")
+
+
+def task_spec():
+    from prism.benchmarks.base import TaskSpec
+
+    return TaskSpec(TASK, TRAIN_FILE, TEST_FILE, "exact_match", image_root=IMAGE_ROOT)

@@ -171,6 +171,8 @@ def test_default_worker_count_follows_the_cpus(monkeypatch):
     assert default_num_workers(1) == 1 and default_num_workers(2) == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert default_num_workers(1) == 0
+    monkeypatch.setattr(loader, "available_cpus", lambda: 64)
+    assert default_num_workers(1, cuda=False) == 0  # on the CPU the model's threads use the cores
 
 
 # -- length-grouped order -----------------------------------------------------------------

@@ -358,22 +358,27 @@ def token_lengths(records: Sequence[dict], backbone: "LoadedBackbone | Encoder",
                   prompts: bool = False) -> list[int]:
     """Each record's length in tokens, from its text alone (no image is opened).
 
-    The conversation is rendered with the template and tokenised in one batch with
+    The conversation is rendered with the template and tokenised (in batches) with
     each ``<image>`` as a single image token, which is then counted as the image's
     ``num_image_tokens``: the length ``encode_train`` / ``encode_prompt`` give, up to
     how a tokenizer may split words next to the expanded image tokens.
     """
     encoder = Encoder.of(backbone)
-    if not records:
-        return []
-    texts = []
-    for record in records:
-        turns = [("human", _prompt_text(record))] if prompts else _train_turns(record)
-        rendered = "".join(segment for segment, _ in encoder.template.render(turns, prompts))
-        texts.append(rendered.replace(IMAGE_PLACEHOLDER, encoder.image_token))
-    ids = encoder.tokenizer(texts, add_special_tokens=True)["input_ids"]
     extra = encoder.num_image_tokens - 1
-    return [len(row) + (extra if record.get("image") else 0) for row, record in zip(ids, records)]
+    lengths: list[int] = []
+    for start in range(0, len(records), _LENGTH_CHUNK):  # in chunks: the token lists are not all held at once
+        chunk = records[start:start + _LENGTH_CHUNK]
+        texts = []
+        for record in chunk:
+            turns = [("human", _prompt_text(record))] if prompts else _train_turns(record)
+            rendered = "".join(segment for segment, _ in encoder.template.render(turns, prompts))
+            texts.append(rendered.replace(IMAGE_PLACEHOLDER, encoder.image_token))
+        ids = encoder.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        lengths.extend(len(row) + (extra if record.get("image") else 0) for row, record in zip(ids, chunk))
+    return lengths
+
+
+_LENGTH_CHUNK = 256  # the tokenizer's batch output takes tens of kB a record: keep it small
 
 
 # -- batches -----------------------------------------------------------------------------
@@ -395,11 +400,6 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
-
-    @property
-    def padding_fraction(self) -> float:
-        """Share of the batch's token positions that are padding."""
-        return 1.0 - float(self.attention_mask.sum()) / max(1, self.attention_mask.numel())
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         """Keyword arguments for ``model(**...)`` / ``model.generate(**...)``."""

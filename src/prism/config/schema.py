@@ -243,7 +243,8 @@ class TrainConfig(_Table):
     )
     eval_after_each_task: bool = Field(True, description="fill the accuracy matrix row by row")
     num_workers: int | None = Field(
-        None, ge=0, description="DataLoader workers per process decoding images (None: from the CPU count)",
+        None, ge=0, description="DataLoader workers per process decoding images (None: from the CPU count "
+        "on a GPU, 0 on the CPU)",
     )
 
     overrides: dict[str, TrainOverride] | None = Field(

@@ -36,16 +36,19 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def default_num_workers(processes: int = 1) -> int:
-    """``[train] num_workers`` when unset: this process's share of the CPUs, less one for the
-    process itself, at most 8 (0 on a machine with one CPU per process: decode in the loop)."""
+def default_num_workers(processes: int = 1, *, cuda: bool = True) -> int:
+    """``[train] num_workers`` when unset: on a GPU, this process's share of the CPUs less one
+    for the process itself, at most 8; on the CPU, 0 (workers would take cores from the model's
+    own threads: measured slower on the tiny CPU demo)."""
+    if not cuda:
+        return 0
     local = int(os.environ.get("LOCAL_WORLD_SIZE", processes) or processes)
     share = available_cpus() // max(1, local)
     return max(0, min(MAX_DEFAULT_WORKERS, share - 1))
 
 
-def resolve_num_workers(configured: int | None, processes: int = 1) -> int:
-    return default_num_workers(processes) if configured is None else int(configured)
+def resolve_num_workers(configured: int | None, processes: int = 1, *, cuda: bool = True) -> int:
+    return default_num_workers(processes, cuda=cuda) if configured is None else int(configured)
 
 
 @dataclass(frozen=True)

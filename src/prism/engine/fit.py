@@ -146,8 +146,9 @@ class TaskFitter(FitHandle):
                 ds.restore(named, resume.trainable, optimizer, resume.optimizer)
                 restore_rng(*resume.rng[self.accelerator.process_index])
         model.train()
-        loader = MicroBatchLoader(stream, num_workers=resolve_num_workers(getattr(cfg, "num_workers", None), world),
-                                  pin_memory=torch.device(self.device).type == "cuda", seed=self.seed)
+        cuda = torch.device(self.device).type == "cuda"
+        loader = MicroBatchLoader(stream, num_workers=resolve_num_workers(getattr(cfg, "num_workers", None), world,
+                                                                          cuda=cuda), pin_memory=cuda, seed=self.seed)
         started = time.perf_counter()
         metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
                              step_offset=self.step_offset, samples_before=result.samples, every=cfg.log_every)

@@ -63,9 +63,9 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     if todo:
         prompts = TaskDataset(todo, backbone=backbone, root=root, specs=spec, prompts=True,
                               verify_images=verify_images)
+        cuda = torch.device(device).type == "cuda"
         batches = load_batches(prompts, length_sorted_batches(prompts.lengths, batch_size),
-                               num_workers=resolve_num_workers(num_workers),
-                               pin_memory=torch.device(device).type == "cuda")
+                               num_workers=resolve_num_workers(num_workers, cuda=cuda), pin_memory=cuda)
         try:
             for _, batch in batches:
                 batch = batch.to(device)
