@@ -1,16 +1,52 @@
-"""Putting a fully written folder in place of another, so readers never see half of one."""
+"""Writing files and folders atomically, so readers never see half of one.
+
+A file is written to a hidden temporary sibling, fsynced and renamed over the
+target (``write_file_atomic``); a folder is filled beside its final place and
+renamed in (``replace_folder``). The temporary file is created like any other
+file (mode 0666 less the umask), so the result is as readable as one written
+with ``open(path, "w")``: ``tempfile.mkstemp`` would make it 0600.
+"""
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 #: ``.<name>.tmp-<pid>[-<ns>]``: the temporary sibling a writer fills before the rename
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)(?:-\d+)?$")
+
+
+def write_file_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, newlines as given) to ``path``: a crash leaves the old file or the new.
+
+    The folder is created when missing. Returns the path written.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    tmp = temporary_sibling(target)
+    try:
+        with open(tmp, "xb") as handle:  # "x": a new file, permissions from the umask
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
+    """``obj`` as indented UTF-8 JSON (anything else JSON lacks as its ``str``), written atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n"
+    return write_file_atomic(path, text)
 
 
 def replace_folder(tmp: Path, final: Path) -> None:
@@ -29,7 +65,8 @@ def replace_folder(tmp: Path, final: Path) -> None:
 
 
 def temporary_sibling(final: Path) -> Path:
-    """Where to write ``final`` before ``replace_folder``: a hidden sibling named after this process.
+    """Where to write ``final`` before ``replace_folder`` (or a file before its rename): a hidden
+    sibling named after this process.
 
     The process id in the name lets a later run tell a killed writer's leftovers
     from the folder of a writer still running (``remove_stale_temporaries``).

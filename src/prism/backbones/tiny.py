@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from prism.backbones.llava import quiet_transformers
-from prism.atomic import replace_folder
+from prism.atomic import replace_folder, temporary_sibling
 from prism.backbones.template import get_template
 from prism.benchmarks import synthetic as syn
 
@@ -284,7 +283,7 @@ def build_base(out_dir: Path | str, steps: int = 3000, seed: int = 0, *, batch_s
 def save_asset(out: Path, parts: list[Any], metadata_file: str, meta: dict[str, Any]) -> Path:
     """Write a built tiny model (``save_pretrained`` of each part plus its metadata) atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp = temporary_sibling(out)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         with quiet_transformers():

@@ -22,6 +22,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from prism.atomic import write_file_atomic
 from prism.errors import DataError
 
 MANIFEST_FILE = "prism_images.sha256"
@@ -103,16 +104,10 @@ class ImageManifest:
     def write(root: Path, entries: dict[str, ImageEntry]) -> Path:
         """Write the manifest atomically (a temp file in ``root``, fsynced, then renamed over)."""
         path = Path(root) / MANIFEST_FILE
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         body = "".join(f"{e.sha256} {e.size} {key}\n" for key, e in sorted(entries.items()))
         try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as handle:
-                handle.write(_HEADER + "\n" + body)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write_file_atomic(path, _HEADER + "\n" + body)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise DataError(f"cannot write the image manifest {path}: {exc}") from None
         return path
 

@@ -14,7 +14,6 @@ scoring code runs on them. Generation is deterministic in the seed.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -24,7 +23,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
-from prism.atomic import replace_folder
+from prism.atomic import replace_folder, temporary_sibling
 from prism.benchmarks.base import Benchmark, TaskSpec
 from prism.errors import ConfigError, DataError
 
@@ -336,7 +335,7 @@ class SyntheticBenchmark(Benchmark):
                 hint="point [benchmark] root at an empty or new folder, or remove this one",
             )
         root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
+        tmp = temporary_sibling(root)
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             generate(tmp, self.seed, self.train_size, self.test_size)

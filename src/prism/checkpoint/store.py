@@ -13,12 +13,11 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from prism.atomic import replace_folder
+from prism.atomic import replace_folder, temporary_sibling, write_json_atomic  # noqa: F401 - used as store.write_json_atomic
 from prism.errors import CheckpointError
 
 MANIFEST = "manifest.json"
@@ -34,18 +33,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file in the same folder, fsync, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=2, ensure_ascii=False, default=str)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,7 +51,7 @@ def _fsync_dir(path: Path) -> None:
 def write_checkpoint(final: Path, fill: Callable[[Path], None]) -> Path:
     """Create checkpoint ``final`` atomically; ``fill(tmp_dir)`` writes its files."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{time.time_ns()}")
+    tmp = temporary_sibling(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()

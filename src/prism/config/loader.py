@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ValidationError
 
 from prism import __version__
+from prism.atomic import write_file_atomic
 from prism.config.layers import (
     Layer,
     Origin,
@@ -32,7 +33,7 @@ from prism.config.layers import (
     sets_layer,
 )
 from prism.config.schema import MethodConfig, PrismConfig, task_selection
-from prism.config.toml_io import atomic_write_text, dumps
+from prism.config.toml_io import dumps
 from prism.errors import ConfigError, PrismError
 from prism.registry import did_you_mean
 
@@ -120,7 +121,7 @@ class ResolvedConfig:
     def save(self, folder: Path | str) -> Path:
         """Write ``config.resolved.toml`` into ``folder`` atomically; returns its path."""
         path = Path(folder) / RESOLVED_FILE_NAME
-        atomic_write_text(path, self.to_toml())
+        write_file_atomic(path, self.to_toml())
         return path
 
 

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from prism.atomic import write_file_atomic as atomic_write_text  # noqa: F401 - its old home
 from prism.errors import ConfigError
 
 __all__ = ["read_toml_file", "parse_value", "dumps", "format_value", "atomic_write_text", "KeyLines"]
@@ -133,24 +132,6 @@ def _write_table(lines: list[str], path: tuple[str, ...], table: Mapping[str, An
     for key, value in table.items():
         if isinstance(value, Mapping):
             _write_table(lines, (*path, str(key)), value)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: no half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # -- line finding ----------------------------------------------------------------------

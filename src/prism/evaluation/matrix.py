@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from prism.atomic import write_file_atomic
 from prism.errors import DataError
 from prism.evaluation.cl_metrics import SHORT_NAMES, cl_summary
 
@@ -125,20 +125,8 @@ class AccuracyMatrix:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write JSON atomically (temp file in the same folder, then ``os.replace``)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_file_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AccuracyMatrix:

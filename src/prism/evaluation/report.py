@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from prism.atomic import write_file_atomic
 from prism.evaluation.cl_metrics import LABELS, SHORT_NAMES
 from prism.evaluation.matrix import AccuracyMatrix, format_score
 
@@ -78,7 +79,4 @@ def write_report(path: PathLike, matrix: AccuracyMatrix, *, summary: Mapping[str
     target.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(matrix, summary=summary, config=config, environment=environment,
                          images=images, title=title, base_dir=target.parent)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_file_atomic(target, text)

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from prism.atomic import write_file_atomic
+
 
 def read_done(path: Path, model_id: str) -> list[dict[str, Any]]:
     """Complete lines of ``path`` written for ``model_id``; rewrites the file without the rest."""
@@ -38,13 +40,7 @@ def read_done(path: Path, model_id: str) -> list[dict[str, Any]]:
 
 
 def rewrite(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_file_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
 def append(path: Path, records: Iterable[dict[str, Any]]) -> None:
