@@ -37,12 +37,13 @@ from typing import Any, Callable, Iterator
 import pluggy
 
 from prism import PROJECT_NAME, __version__, hookspecs
+from prism.config.discovery import CONFIG_FILE_NAME, find_config
+from prism.config.toml_compat import read_toml_or_none
 from prism.errors import PluginError
 from prism.registry import Registry
 
 ENTRY_POINT_GROUP = "prism_mcit"
 KINDS = ("method", "backbone", "benchmark", "metric")
-CONFIG_FILE_NAME = "prism.toml"
 
 
 @dataclass
@@ -115,21 +116,14 @@ def config_disabled(project_dir: Path | None) -> set[str]:
     """
     if project_dir is None:
         return set()
-    env = os.environ.get("PRISM_CONFIG")
     path = Path(project_dir) / CONFIG_FILE_NAME
-    if env:
-        given = Path(env).expanduser()
-        given = given / CONFIG_FILE_NAME if given.is_dir() else given
-        if given.resolve().parent == Path(project_dir).resolve():
-            path = given
-    try:
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - Python 3.10
-            import tomli as tomllib
-        table = tomllib.loads(path.read_text(encoding="utf-8")).get("plugins", {})
-    except (OSError, ValueError):
+    named = find_config(search=False)  # PRISM_CONFIG, when it names a file of this project
+    if named is not None and named.path.resolve().parent == Path(project_dir).resolve():
+        path = named.path
+    document = read_toml_or_none(path)
+    if document is None:
         return set()
+    table = document.get("plugins", {})
     names = table.get("disable", []) if isinstance(table, dict) else []
     return {normalize(n) for n in names if isinstance(n, str) and n.strip()} if isinstance(names, list) else set()
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-CONFIG_FILE_NAME = "prism.toml"
+from prism.config.discovery import CONFIG_FILE_NAME, find_config  # noqa: F401 - commands read the name here
+
 #: the arguments prism was started with (after the program name): `prism train` on several
 #: processes relaunches itself with exactly these
 INVOCATION: list[str] = []
@@ -31,15 +31,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 def find_config_file(start: Path | None = None) -> Path | None:
     """PRISM_CONFIG, else the nearest prism.toml walking up from ``start`` (the cwd)."""
-    env = os.environ.get("PRISM_CONFIG")
-    if env:
-        return Path(env)
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / CONFIG_FILE_NAME
-        if candidate.is_file():
-            return candidate
-    return None
+    found = find_config(cwd=start)
+    return found.path if found is not None else None
 
 
 def project_dir_for_plugins() -> Path:

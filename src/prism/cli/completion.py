@@ -21,19 +21,14 @@ from typing import Any, Callable
 
 import typer
 
+from prism.config.discovery import find_config
+from prism.config.env_names import ENV_ALIASES
+from prism.config.toml_compat import read_toml_or_none, tomllib
+
 Candidates = list[tuple[str, str]]  # (value, help shown by zsh and fish)
 
 SHELLS: dict[str, str] = {"bash": "prism.bash", "zsh": "prism.zsh", "fish": "prism.fish"}
 
-#: The environment aliases of the settings completion reads (see prism.config.layers.ENV_ALIASES;
-#: importing that module would import pydantic on every keystroke).
-_ENV: dict[str, str] = {
-    "PRISM_METHOD": "method.id",
-    "PRISM_BENCHMARK": "benchmark.id",
-    "PRISM_BACKBONE": "backbone.id",
-    "PRISM_DATA_ROOT": "benchmark.root",
-    "PRISM_OUTPUT_DIR": "project.output_dir",
-}
 #: Command-line parameters (python names) that set those settings.
 _FLAGS: dict[str, str] = {
     "method": "method.id",
@@ -45,10 +40,6 @@ _FLAGS: dict[str, str] = {
 
 # -- the settings a completer needs ------------------------------------------------------
 def _toml(text: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib
     return tomllib.loads(text)
 
 
@@ -102,13 +93,8 @@ def _params(ctx: typer.Context | None) -> dict[str, Any]:
 
 
 def _config_file(params: dict[str, Any]) -> Path | None:
-    from prism.cli.common import CONFIG_FILE_NAME, find_config_file
-
-    given = params.get("config")
-    if given is None:
-        return find_config_file()
-    path = Path(given).expanduser()
-    return path / CONFIG_FILE_NAME if path.is_dir() else path
+    found = find_config(params.get("config"))
+    return found.path if found is not None else None
 
 
 def settings(ctx: typer.Context | None) -> Settings:
@@ -117,15 +103,12 @@ def settings(ctx: typer.Context | None) -> Settings:
     path = _config_file(params)
     given: dict[str, Any] = {}
     if path is not None and path.is_file():
-        try:
-            document = _toml(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # half-edited: complete from defaults and the command line
-            document = {}
+        document = read_toml_or_none(path) or {}  # half-edited: complete from defaults and the command line
         for table, values in document.items():
             if isinstance(values, dict):
                 given.update({f"{table}.{k}": v for k, v in values.items()})
     project_dir = path.resolve().parent if path is not None and path.is_file() else Path.cwd()
-    given.update({key: _value(os.environ[name]) for name, key in _ENV.items() if os.environ.get(name)})
+    given.update({key: _value(os.environ[name]) for name, key in ENV_ALIASES.items() if os.environ.get(name)})
     for item in params.get("set_") or ():
         key, eq, raw = str(item).partition("=")
         if eq:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Iterator, Mapping
 
+from prism.config.env_names import ENV_ALIASES, RESERVED_ENV
 from prism.config.toml_io import KeyLines, parse_value, read_toml_file
 from prism.errors import ConfigError
 
@@ -29,24 +30,6 @@ __all__ = [
 ]
 
 Path_ = tuple[str, ...]
-
-#: Short environment names for the settings people change most.
-ENV_ALIASES: dict[str, str] = {
-    "PRISM_BACKBONE": "backbone.id",
-    "PRISM_MODEL": "backbone.model",
-    "PRISM_METHOD": "method.id",
-    "PRISM_BENCHMARK": "benchmark.id",
-    "PRISM_DATA_ROOT": "benchmark.root",
-    "PRISM_OUTPUT_DIR": "project.output_dir",
-    "PRISM_SEED": "project.seed",
-    "PRISM_TASKS": "benchmark.tasks",
-}
-
-#: PRISM_* variables that steer prism itself and are never config values.
-RESERVED_ENV = frozenset({
-    "PRISM_CONFIG", "PRISM_DEBUG", "PRISM_STRICT_PLUGINS", "PRISM_DISABLE_PLUGIN_AUTOLOAD",
-    "PRISM_DISABLED_PLUGINS", "PRISM_LOAD_PLUGINS", "PRISM_TRACE_PLUGINS",
-})
 
 #: How a dedicated command-line flag is spelled, for provenance and errors. Keys not
 #: listed are shown as ``--<last-part>`` (``train.lr`` -> ``--lr``).

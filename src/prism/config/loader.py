@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 
 from prism import __version__
 from prism.atomic import write_file_atomic
+from prism.config.discovery import CONFIG_FILE_NAME, find_config
 from prism.config.layers import (
     Layer,
     Origin,
@@ -40,7 +41,6 @@ from prism.registry import did_you_mean
 __all__ = ["CONFIG_FILE_NAME", "HASH_EXCLUDED", "RESOLVED_FILE_NAME", "ResolvedConfig",
            "discover_config", "load_config", "project_path"]
 
-CONFIG_FILE_NAME = "prism.toml"
 RESOLVED_FILE_NAME = "config.resolved.toml"
 
 #: Settings that do not change what a run computes, so they stay out of ``hash()``.
@@ -145,24 +145,13 @@ def project_path(value: str | None, project_dir: Path) -> str | None:
 def discover_config(config_path: Path | str | None = None, *, cwd: Path | None = None,
                     env: Mapping[str, str] | None = None) -> Path | None:
     """The config file to use: explicit path, else ``PRISM_CONFIG``, else the nearest prism.toml upwards."""
-    env = os.environ if env is None else env
-    cwd = (cwd or Path.cwd()).resolve()
-    given, what = (config_path, "config file") if config_path is not None else (
-        env.get("PRISM_CONFIG") or None, "PRISM_CONFIG")
-    if given is not None:
-        path = Path(given).expanduser()
-        path = path if path.is_absolute() else cwd / path
-        if path.is_dir():
-            path = path / CONFIG_FILE_NAME
-        if not path.is_file():
-            raise ConfigError(f"{what} not found: {path}",
-                              hint="`prism init` writes an annotated prism.toml")
-        return path.resolve()
-    for folder in (cwd, *cwd.parents):
-        candidate = folder / CONFIG_FILE_NAME
-        if candidate.is_file():
-            return candidate
-    return None
+    found = find_config(config_path, cwd=cwd, env=env)
+    if found is None or found.named_by is None:
+        return None if found is None else found.path
+    if not found.path.is_file():
+        raise ConfigError(f"{found.named_by} not found: {found.path}",
+                          hint="`prism init` writes an annotated prism.toml")
+    return found.path.resolve()
 
 
 def load_config(config_path: Path | None = None, *, cwd: Path | None = None,

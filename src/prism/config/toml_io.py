@@ -10,16 +10,11 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 from prism.atomic import write_file_atomic as atomic_write_text  # noqa: F401 - its old home
+from prism.config.toml_compat import tomllib
 from prism.errors import ConfigError
 
 __all__ = ["read_toml_file", "parse_value", "dumps", "format_value", "atomic_write_text", "KeyLines"]
