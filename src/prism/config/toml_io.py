@@ -1,17 +1,18 @@
-"""Reading, writing and line-finding for TOML, with no dependency beyond tomllib.
+"""Reading, writing and line-finding for TOML: tomllib reads, tomli-w writes.
 
-The writer covers only the value types a resolved config holds (str, int,
-float, bool, lists, nested tables); ``None`` has no TOML form and is written
-as a comment, which reads back as "not given".
+The writer covers the value types a resolved config holds (str, int, float,
+bool, lists, nested tables); ``None`` has no TOML form and is written as a
+comment, which reads back as "not given".
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import re
 from pathlib import Path
 from typing import Any, Mapping
+
+import tomli_w
 
 from prism.atomic import write_file_atomic as atomic_write_text  # noqa: F401 - its old home
 from prism.config.toml_compat import tomllib
@@ -62,51 +63,33 @@ def parse_value(raw: str) -> Any:
 
 
 # -- writing ---------------------------------------------------------------------------
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-
-
 def _key(key: str) -> str:
-    return key if _BARE_KEY.match(key) else _string(key)
+    """A key as TOML writes it (bare, or quoted and escaped), by tomli-w."""
+    return tomli_w.dumps({key: 0}).rpartition(" = ")[0]
 
 
-def _string(text: str) -> str:
-    out = []
-    for char in text:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+def _scalar(value: Any) -> str:
+    """A string, number or bool in TOML syntax, by tomli-w (TypeError for what TOML cannot hold)."""
+    return tomli_w.dumps({"v": value})[len("v = "):].rstrip("\n")
 
 
 def format_value(value: Any) -> str:
-    """One value in TOML syntax (dicts as inline tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return _string(value)
+    """One value in TOML syntax on one line (arrays inline, dicts as inline tables; None items left out)."""
     if isinstance(value, (list, tuple)):
-        items = [format_value(v) for v in value if v is not None]
-        return "[" + ", ".join(items) + "]"
+        return "[" + ", ".join(format_value(v) for v in value if v is not None) + "]"
     if isinstance(value, Mapping):
         items = [f"{_key(str(k))} = {format_value(v)}" for k, v in value.items() if v is not None]
         return "{ " + ", ".join(items) + " }" if items else "{}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML: {value!r}")
+    return _scalar(value)
 
 
 def dumps(document: Mapping[str, Any], header: str = "") -> str:
-    """A document of tables as TOML text: scalars first, then one ``[section]`` per table."""
+    """A document of tables as TOML text: scalars first, then one ``[section]`` per table.
+
+    tomli-w formats every key and value; this adds what it does not write: the
+    ``header`` as comments, a ``# <key> is not set`` line for each None (TOML has no
+    null: the line reads back as "not given") and arrays kept on one line.
+    """
     lines: list[str] = [f"# {line}" if line else "#" for line in header.splitlines()]
     _write_table(lines, (), document)
     return "\n".join(lines).strip("\n") + "\n"
