@@ -55,14 +55,18 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module -> the prism modules it imports at module level."""
+def _all_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def import_graph(imports=_top_level_imports) -> dict[str, set[str]]:
+    """Module -> the prism modules it imports (at module level, by default)."""
     files = {_module_name(p): p for p in (SRC / PACKAGE).rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         is_package = path.name == "__init__.py"
-        for node in _top_level_imports(tree):
+        for node in imports(tree):
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -115,6 +119,14 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_module_level_import_cycle():
     cycle = find_cycle(import_graph())
     assert cycle is None, "module-level import cycle: " + " -> ".join(cycle)
+
+
+def test_backbone_modules_do_not_import_each_other_in_a_circle_even_inside_functions():
+    """llava -> llava_original -> vision_towers -> model_files / quiet: one way, also for lazy imports."""
+    graph = {name: {t for t in targets if t.startswith("prism.backbones.")}
+             for name, targets in import_graph(_all_imports).items() if name.startswith("prism.backbones.")}
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_the_cycle_finder_finds_one():

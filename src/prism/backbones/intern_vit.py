@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prism.backbones.model_files import index_shards, read_config_json
 from prism.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -50,18 +51,6 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
 
 
 # -- recognising a tower folder ------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return data
-
-
 def _says_intern_vit(config: dict[str, Any]) -> bool:
     return (str(config.get("model_type", "")) in MODEL_TYPES
             or ARCHITECTURE in (config.get("architectures") or []))
@@ -98,7 +87,7 @@ def read_tower_config(folder: Path) -> dict[str, Any]:
     where = folder / "config.json"
     if not where.is_file():
         raise ConfigError(f"{folder} has no config.json", hint="point mm_vision_tower at an InternViT-6B folder")
-    raw = _read_json(where)
+    raw = read_config_json(where)
     if "model_type" in raw and raw["model_type"] not in MODEL_TYPES:
         raise ConfigError(f"{where}: model_type {raw['model_type']!r} is not an InternViT tower "
                           f"(expected {' or '.join(map(repr, MODEL_TYPES))})",
@@ -197,14 +186,7 @@ def _weight_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            weight_map = _read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict) or not weight_map:
-                raise ConfigError(f"{index} has no weight_map")
-            files = [folder / name for name in sorted(set(weight_map.values()))]
-            absent = [f.name for f in files if not f.is_file()]
-            if absent:
-                raise ConfigError(f"{index} names shards that are missing: {', '.join(absent)}")
-            return files
+            return index_shards(index)
     for pattern in ("*.safetensors", "pytorch_model*.bin"):
         files = sorted(folder.glob(pattern))
         if files:

@@ -9,15 +9,14 @@ and image tokens do not match" in the middle of training.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prism.backbones.base import Backbone, LoadedBackbone
 from prism.backbones.precision import in_memory_precision, load_kwargs
+from prism.backbones.quiet import quiet_transformers
 from prism.backbones.template import get_template
 from prism.errors import ConfigError
 
@@ -72,33 +71,6 @@ def hub_snapshot(repo_id: str, key: str) -> Path:
         raise ConfigError(f"{key} = {repo_id!r}: not a local folder and could not be fetched from the hub "
                           f"({type(exc).__name__}: {exc})",
                           hint="download it first or give a local path; HF_HUB_OFFLINE=1 uses the cache only") from None
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' and the hub's progress bars, warnings and info logs for a while."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-        hub_bars_were_disabled = are_progress_bars_disabled()
-        disable_progress_bars()
-    except ImportError:  # pragma: no cover - huggingface_hub always comes with transformers
-        hub_bars_were_disabled = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if not hub_bars_were_disabled:
-            enable_progress_bars()
 
 
 def flash_attention_usable(precision: str = "bf16") -> str | None:

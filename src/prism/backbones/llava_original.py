@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from prism.atomic import remove_stale_temporaries, replace_folder, temporary_sibling
-from prism.backbones.vision_towers import TowerParts, _read_json, load_vision_tower, resolve_vision_tower
+from prism.backbones.model_files import index_shards, read_config_json
+from prism.backbones.quiet import quiet_transformers
+from prism.backbones.vision_towers import TowerParts, load_vision_tower, resolve_vision_tower
 from prism.errors import CheckpointError, ConfigError, UsageError
 
 ORIGINAL_ARCHITECTURE = "LlavaLlamaForCausalLM"
@@ -90,15 +92,7 @@ def weight_files(folder: Path) -> list[Path]:
             continue
         if not name.endswith(".index.json"):
             return [source]
-        weight_map = _read_json(source).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{source}: no weight_map")
-        files = [folder / shard for shard in sorted(set(map(str, weight_map.values())))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise CheckpointError(f"{source} names shards that are missing: {', '.join(missing)}",
-                                  hint="the download is incomplete")
-        return files
+        return index_shards(source, CheckpointError)
     raise CheckpointError(f"{folder}: no weights (expected {' or '.join(WEIGHT_SOURCES)})")
 
 
@@ -357,11 +351,9 @@ def convert_original_llava(folder: Path | str, *, vision_tower: str | None = Non
     """
     from transformers import LlavaForConditionalGeneration
 
-    from prism.backbones.llava import quiet_transformers
-
     source = Path(folder).resolve()
     where = source / "config.json"
-    original = _read_json(where)
+    original = read_config_json(where)
     strategy = _check_supported(original, where)
     tower_folder = resolve_vision_tower(original.get("mm_vision_tower"), source, vision_tower, vision_tower_source)
     tokenizer = load_tokenizer(source)
@@ -400,8 +392,6 @@ def convert_original_llava(folder: Path | str, *, vision_tower: str | None = Non
 
 def convert_if_original(backbone_config: Any, folder: Path, attn_implementation: str) -> ConvertedLlava | None:
     """What ``LlavaBackbone.load`` needs for an original folder (fp32, in memory); None otherwise."""
-    from prism.backbones.llava import quiet_transformers
-
     if not is_original_llava(folder):
         return None
     with quiet_transformers():
@@ -426,7 +416,7 @@ def _check_weights(config: Any, state: dict[str, Any], where: Path) -> None:
 
 
 def _describe_non_original(folder: Path) -> str:
-    config = _read_json(folder / "config.json")
+    config = read_config_json(folder / "config.json")
     if config.get("model_type") == "llava" and "text_config" in config:
         return f"{folder} is already a llava-hf model; nothing to convert"
     return (f"{folder} is not an original LLaVA-1.5 checkpoint (config.json: model_type "
@@ -452,12 +442,10 @@ def convert_checkpoint(src: Path | str, dst: Path | str, *, vision_tower: str | 
         raise ConfigError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if target.exists() and not (force and target.is_dir()):
         raise ConfigError(f"{target} already exists" + ("; pass --force to replace it" if target.is_dir() else ""))
-    original = _read_json(source / "config.json")
+    original = read_config_json(source / "config.json")
     _check_supported(original, source / "config.json")
     resolve_vision_tower(original.get("mm_vision_tower"), source.resolve(), vision_tower, "--vision-tower")
     check_weight_files(weight_files(source))
-
-    from prism.backbones.llava import quiet_transformers
 
     with quiet_transformers():
         converted = convert_original_llava(source, vision_tower=vision_tower, vision_tower_source="--vision-tower",
@@ -484,8 +472,6 @@ def save_converted(converted: ConvertedLlava, dst: Path) -> Path:
     """
     import prism
     import transformers
-
-    from prism.backbones.llava import quiet_transformers
 
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -246,7 +246,7 @@ def load_routing_tower(source: str, *, device: Any = "cpu", batch_size: int = 64
     import torch
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-    from prism.backbones.llava import quiet_transformers
+    from prism.backbones.quiet import quiet_transformers
 
     folder = resolve_tower_folder(source, key)
     cuda = "cuda" in str(device) and torch.cuda.is_available()

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prism.backbones.llava import quiet_transformers
 from prism.atomic import replace_folder, temporary_sibling
+from prism.backbones.quiet import quiet_transformers
 from prism.backbones.template import get_template
 from prism.benchmarks import synthetic as syn
 

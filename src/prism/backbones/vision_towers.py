@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from prism.backbones.model_files import read_config_json
+from prism.backbones.quiet import quiet_transformers
 from prism.errors import CheckpointError, ConfigError
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot read it as JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a JSON object")
-    return data
 
 
 @dataclass
@@ -87,9 +78,7 @@ def load_clip_tower(folder: Path) -> tuple[Any, dict[str, Any], Any]:
     import torch
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
 
-    from prism.backbones.llava import quiet_transformers
-
-    config_type = _read_json(folder / "config.json").get("model_type")
+    config_type = read_config_json(folder / "config.json").get("model_type")
     if config_type not in ("clip", "clip_vision_model"):
         raise ConfigError(f"{folder}/config.json: a {config_type!r} model is not a supported vision tower "
                           "(expected CLIP, e.g. openai/clip-vit-large-patch14-336)")

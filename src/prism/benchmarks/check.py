@@ -19,7 +19,6 @@ writes the manifest when the check finds no problem.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections import Counter
@@ -45,6 +44,7 @@ from prism.benchmarks.image_manifest import (
     verifier_for,
 )
 from prism.errors import ConfigError, DataError
+from prism.jsonfile import JsonProblem, read_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -222,14 +222,15 @@ class _FileProblem(DataError):
         self.detail = detail
 
 
+def _file_problem(problem: JsonProblem) -> _FileProblem:
+    if problem.kind == "missing":
+        return _FileProblem("missing_file", problem.path, "file not found")
+    return _FileProblem("unreadable_file", problem.path, f"not readable as JSON: {problem.cause}")
+
+
 def _read_json(path: Path) -> Any:
     """Parsed JSON; a missing or unparsable file is a DataError naming it."""
-    if not path.is_file():
-        raise _FileProblem("missing_file", path, "file not found")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise _FileProblem("unreadable_file", path, f"not readable as JSON: {exc}") from None
+    return read_json(path, error=_file_problem)
 
 
 def _read_records(path: Path) -> list[Any]:

@@ -183,7 +183,8 @@ def write_merged_model(tmp: Path, backbone: Any, method: Any, mix: dict[str, flo
     import torch
 
     from prism.adapters.merge import merge_into_base
-    from prism.backbones.llava import TINY_METADATA_FILE, quiet_transformers
+    from prism.backbones.llava import TINY_METADATA_FILE
+    from prism.backbones.quiet import quiet_transformers
 
     if method.adapters is not None:
         merge_into_base(method.adapters, mix)

@@ -10,7 +10,6 @@ folder under the real name. Nothing is pickled: tensors go to safetensors.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any, Callable
 
 from prism.atomic import replace_folder, temporary_sibling, write_json_atomic  # noqa: F401 - used as store.write_json_atomic
 from prism.errors import CheckpointError
+from prism.jsonfile import JsonProblem, read_json
 
 MANIFEST = "manifest.json"
 STATE_JSON = "prism_state.json"
@@ -101,16 +101,18 @@ VERIFY_HINT = ("`prism ckpt verify {folder}` lists its problems; train that task
                "`prism train --restart` (or restore the folder from a copy)")
 
 
+def _problem(problem: JsonProblem) -> BaseException:
+    cause = problem.cause
+    if isinstance(cause, UnicodeDecodeError):
+        return ValueError(f"not UTF-8 text ({cause.reason} at byte {cause.start})")
+    if problem.kind == "not_json":
+        return ValueError(f"not valid JSON ({cause})")
+    return cause  # an OSError: raised as it is
+
+
 def _parse_json(path: Path) -> Any:
     """The JSON in ``path``; ValueError saying what is wrong (not UTF-8, not JSON)."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"not valid JSON ({exc})") from None
+    return read_json(path, error=_problem)
 
 
 def read_json_file(path: Path) -> Any:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prism.errors import ConfigError
+from prism.jsonfile import JsonProblem, read_json
 from prism.registry import did_you_mean
 
 KEY = "[distributed] deepspeed_config"
@@ -104,20 +105,20 @@ def load_deepspeed_config(distributed: Any, project_dir: Path,
 
 
 def _read_json(path: Path, name: str) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{KEY} = {name!r}: cannot read {path} ({exc.strerror or exc})",
-                          hint="give a DeepSpeed JSON file (relative to the project folder) or a preset: "
-                               + ", ".join(PRESETS)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{KEY}: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                          hint="DeepSpeed configs are plain JSON: no comments, no trailing commas") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{KEY}: {path} holds a JSON {type(data).__name__}, not an object")
-    return data
+    def error(problem: JsonProblem) -> ConfigError:
+        cause = problem.cause
+        if problem.kind in ("missing", "unreadable"):
+            return ConfigError(f"{KEY} = {name!r}: cannot read {path} ({getattr(cause, 'strerror', None) or cause})",
+                               hint="give a DeepSpeed JSON file (relative to the project folder) or a preset: "
+                                    + ", ".join(PRESETS))
+        if problem.kind == "not_object":
+            return ConfigError(f"{KEY}: {path} holds a JSON {problem.found}, not an object")
+        where = (f"line {cause.lineno}, column {cause.colno}: {cause.msg}" if isinstance(cause, json.JSONDecodeError)
+                 else "not UTF-8 text" if problem.kind == "not_utf8" else str(cause))
+        return ConfigError(f"{KEY}: {path} is not valid JSON ({where})",
+                           hint="DeepSpeed configs are plain JSON: no comments, no trailing commas")
+
+    return read_json(path, want_object=True, error=error)
 
 
 def check_config(config: dict[str, Any], *, where: str) -> None:
