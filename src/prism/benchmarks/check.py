@@ -19,7 +19,6 @@ writes the manifest when the check finds no problem.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -44,6 +43,7 @@ from prism.benchmarks.image_manifest import (
     verifier_for,
 )
 from prism.errors import ConfigError, DataError
+from prism.evaluation.caption_match import CaptionMatcher
 from prism.jsonfile import JsonProblem, read_json
 
 if TYPE_CHECKING:
@@ -437,8 +437,8 @@ def _check_split(report: CheckReport, task: TaskCheck, spec: TaskSpec, split: st
 
 def _check_gt(report: CheckReport, task: TaskCheck, spec: TaskSpec, tests: list[tuple[int, dict]],
               alternatives: dict[tuple[str, str], str]) -> None:
-    """Every test record must find its references the way the caption metric matches them:
-    by question_id as a gt image id (when the file names agree) or by a unique image file name."""
+    """Every test record must find its references the way the caption metric matches them
+    (``CaptionMatcher``: by image id or file name, never by position)."""
     from prism.evaluation.loading import check_coco_gt
 
     path = _full(Path(report.root), spec.gt_file or "")
@@ -454,37 +454,16 @@ def _check_gt(report: CheckReport, task: TaskCheck, spec: TaskSpec, tests: list[
         detail = exc.detail if isinstance(exc, _FileProblem) else exc.message.removeprefix(f"{path}: ")
         report.add(Problem("invalid_gt", spec.name, "gt", str(path), None, detail), task)
         return
-    name_of = {str(image["id"]): _basename(image["file_name"]) for image in data["images"]}
-    ids_by_name: dict[str, list[str]] = {}
-    for key, name in name_of.items():
-        ids_by_name.setdefault(name, []).append(key)
+    matcher = CaptionMatcher(data["images"])
     captioned = {str(ann["image_id"]) for ann in data["annotations"]}
     test_path = str(_full(Path(report.root), spec.test_file))
     for index, record in tests:
-        why = _gt_gap(record, name_of, ids_by_name, captioned)
-        if why is not None:
+        key, why = matcher.find(record)
+        if key is not None and key not in captioned:
+            why = f"ground-truth image {key} has no caption"
+        if why:
             report.add(Problem("missing_gt", spec.name, "test", test_path, index,
                                f"question_id {record['question_id']!r}: {why} in {path.name}"), task)
-
-
-def _basename(path: str) -> str:
-    return os.path.basename(str(path).replace("\\", "/"))
-
-
-def _gt_gap(record: dict, name_of: dict[str, str], ids_by_name: dict[str, list[str]],
-            captioned: set[str]) -> str | None:
-    qid = str(record["question_id"])
-    name = _basename(record["image"]) if record.get("image") else None
-    if qid in name_of and (name is None or name_of[qid] == name):
-        key = qid
-    elif name is not None and len(ids_by_name.get(name, [])) == 1:
-        key = ids_by_name[name][0]
-    elif name is not None and ids_by_name.get(name):
-        return f"image {name!r} is shared by {len(ids_by_name[name])} ground-truth images"
-    else:
-        return ("neither the question_id nor the image file name " + (f"{name!r} " if name else "")
-                + "is in the ground truth")
-    return None if key in captioned else f"ground-truth image {key} has no caption"
 
 
 # -- training data under a fix policy ----------------------------------------------------

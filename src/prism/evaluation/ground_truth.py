@@ -16,7 +16,7 @@ the file's shape:
 
 Predictions are joined by ``question_id`` compared as text ("17" joins 17), or,
 for caption metrics, to a ground-truth image by id or file name
-(``captions._Matcher``), never by position. The score is over the predictions
+(``caption_match.CaptionMatcher``), never by position. The score is over the predictions
 that join, as the field's evaluators (m4c's TextVQA evaluator, CoIN's scripts,
 lmms-eval) score the predictions they are given: a prediction without ground
 truth is left out, never scored with its own ``answer`` copy, and ground-truth
@@ -236,9 +236,9 @@ def join_predictions(predictions: Sequence[dict[str, Any]], gt: GroundTruth) -> 
 
 
 def _join_captions(predictions: Sequence[dict[str, Any]], coco: dict[str, Any]) -> Join:
-    from prism.evaluation.captions import _Matcher
+    from prism.evaluation.caption_match import CaptionMatcher
 
-    matcher = _Matcher(coco["images"])
+    matcher = CaptionMatcher(coco["images"])
     joined: list[dict[str, Any]] = []
     without_gt: list[Any] = []
     predicted: set[str] = set()
