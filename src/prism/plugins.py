@@ -5,7 +5,8 @@ try/except, so one broken plugin is reported (``prism plugins``) instead of
 taking the CLI down. That includes ``SystemExit`` and other BaseExceptions (a
 module-level ``argparse`` parse, a ``sys.exit`` in a hook): only
 KeyboardInterrupt gets through. ``PRISM_STRICT_PLUGINS=1`` re-raises instead
-(an exit becomes a PluginError, so the command still fails with one message).
+(an exit becomes a PluginError, so the command still fails with one message); the
+guarding itself is ``prism.plugin_guard``.
 
 Which plugins load:
 
@@ -26,13 +27,11 @@ import io
 import os
 import re
 import sys
-import time
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pluggy
 
@@ -40,6 +39,7 @@ from prism import PROJECT_NAME, __version__, hookspecs
 from prism.config.discovery import CONFIG_FILE_NAME, find_config
 from prism.config.toml_compat import read_toml_or_none
 from prism.errors import PluginError
+from prism.plugin_guard import held_output, isolate, strict, timed, trace, truthy
 from prism.registry import Registry
 
 ENTRY_POINT_GROUP = "prism_mcit"
@@ -76,18 +76,6 @@ class PluginInfo:
 
 
 # -- settings from the environment and prism.toml ------------------------------------------
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _strict() -> bool:
-    return _truthy("PRISM_STRICT_PLUGINS")
-
-
-def _tracing() -> bool:
-    return _truthy("PRISM_TRACE_PLUGINS")
-
-
 def normalize(name: str) -> str:
     """PEP 503 normalisation, so ``Prism_LwF`` and ``prism-lwf`` name the same plugin."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -128,76 +116,6 @@ def config_disabled(project_dir: Path | None) -> set[str]:
     return {normalize(n) for n in names if isinstance(n, str) and n.strip()} if isinstance(names, list) else set()
 
 
-def _trace(message: str) -> None:
-    if _tracing():
-        sys.stderr.write(f"[prism plugins] {message}\n")
-        sys.stderr.flush()
-
-
-@contextmanager
-def _timed(what: str) -> Iterator[None]:
-    """Trace ``what`` with its duration (and its failure, which is re-raised)."""
-    if not _tracing():
-        yield
-        return
-    started = time.perf_counter()
-    try:
-        yield
-    except BaseException as exc:
-        _trace(f"{what}: FAILED after {1000 * (time.perf_counter() - started):.1f} ms: "
-               f"{type(exc).__name__}: {exc}")
-        raise
-    _trace(f"{what}: {1000 * (time.perf_counter() - started):.1f} ms")
-
-
-def _failure(exc: BaseException, printed: str = "") -> str:
-    """``Type: message`` of a plugin's failure; an exit says so and quotes what the plugin printed last."""
-    if isinstance(exc, Exception):
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, SystemExit):
-        text = f"SystemExit({exc.code!r}): the plugin tried to exit the process"
-    else:
-        text = f"{type(exc).__name__}" + (f": {exc}" if str(exc) else "") + \
-            " (a BaseException, not an Exception)"
-    last = next((line.strip() for line in reversed(printed.splitlines()) if line.strip()), "")
-    return text + (f"; it printed: {last}" if last else "")
-
-
-def _isolate(info: PluginInfo, what: str, exc: BaseException, printed: str = "") -> None:
-    """Record a plugin's failure on it, or under PRISM_STRICT_PLUGINS raise it: an Exception as it
-    is (its traceback is the point of strict mode), an exit as a PluginError (one message, exit 1)."""
-    message = f"{what}: {_failure(exc, printed)}"
-    if _strict():
-        if isinstance(exc, Exception):
-            raise exc
-        raise PluginError(message, hint="unset PRISM_STRICT_PLUGINS to isolate the plugin") from exc
-    info.errors.append(message)
-
-
-@contextmanager
-def _held_output() -> Iterator[io.StringIO]:
-    """Hold what a plugin prints while it loads (yields the held stderr).
-
-    It is replayed to the same streams unless the plugin exits: then it is most
-    likely argparse's usage message about prism's own arguments, which does not
-    belong in the command's output (the error quotes its last line).
-    """
-    out, err = io.StringIO(), io.StringIO()
-    exited = False
-    try:
-        with redirect_stdout(out), redirect_stderr(err):
-            yield err
-    except BaseException as exc:
-        exited = not isinstance(exc, (Exception, KeyboardInterrupt))
-        raise
-    finally:
-        if not exited:
-            for held, stream in ((out, sys.stdout), (err, sys.stderr)):
-                if held.getvalue():
-                    stream.write(held.getvalue())
-                    stream.flush()
-
-
 # -- the manager --------------------------------------------------------------------------
 class PluginManager:
     """Loads plugins once and builds the four registries from their hooks."""
@@ -212,7 +130,7 @@ class PluginManager:
         self._config_disabled = config_disabled(project_dir)
         only = _only_loaded()
         if autoload is None:
-            autoload = only is not None or not _truthy("PRISM_DISABLE_PLUGIN_AUTOLOAD")
+            autoload = only is not None or not truthy("PRISM_DISABLE_PLUGIN_AUTOLOAD")
         builtin = PluginInfo("builtin", "builtin", distribution="prism-mcit", version=__version__)
         self._add(builtin, lambda: importlib.import_module("prism.builtin_plugin"))
         if autoload:
@@ -244,23 +162,23 @@ class PluginManager:
             info.errors.append(f"plugin name {info.name!r} is already used by {other.provider}; "
                                f"not loaded from {info.provider}")
             self.infos[key] = info
-            if _strict():
+            if strict():
                 raise PluginError(info.errors[-1])
             return
         self.infos[key] = info
         info.disabled = reason or (None if info.source == "builtin" else self._why_disabled(info))
         if info.disabled:
-            _trace(f"skip {info.name} ({info.provider}): {info.disabled}")
+            trace(f"skip {info.name} ({info.provider}): {info.disabled}")
             return
         held = io.StringIO()
         try:
-            with _timed(f"load {info.name} ({info.provider})"), _held_output() as held:
+            with timed(f"load {info.name} ({info.provider})"), held_output() as held:
                 plugin = loader()
                 self.pm.register(plugin, name=key)
         except KeyboardInterrupt:  # Ctrl-C stops prism, whoever was running
             raise
         except BaseException as exc:  # noqa: BLE001 - an exit at import too: isolation is the point
-            _isolate(info, f"failed to load {_where(info)}", exc, held.getvalue())
+            isolate(info.errors, f"failed to load {_where(info)}", exc, held.getvalue())
             return
         info.hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
         self._providers[id(plugin)] = info
@@ -299,12 +217,12 @@ class PluginManager:
             def register(id: str, target: Any, summary: str = "", _info: PluginInfo = info, **extra: Any) -> None:
                 try:
                     registry.add(id, target, summary, provider=_info.provider, **extra)
-                    _trace(f"  {_info.name} registered {kind} {id!r} -> {target!r}")
+                    trace(f"  {_info.name} registered {kind} {id!r} -> {target!r}")
                 except PluginError as exc:  # a clash loses only the clashing id
-                    if _strict():
+                    if strict():
                         raise
                     _info.errors.append(str(exc))
-                    _trace(f"  {_info.name}: {exc}")
+                    trace(f"  {_info.name}: {exc}")
 
             self._call_hook(info, hook, impl.function, register=register)
 
@@ -329,24 +247,24 @@ class PluginManager:
                                    f"and by {info.provider}; the second was ignored")
                     if problem is None:
                         owners[name or ""] = info
-                        _trace(f"  {info.name} added command {name!r}")
+                        trace(f"  {info.name} added command {name!r}")
                         continue
                     collection.remove(item)
                     info.errors.append(problem)
-                    _trace(f"  {info.name}: {problem}")
-                    if _strict():
+                    trace(f"  {info.name}: {problem}")
+                    if strict():
                         raise PluginError(problem)
 
     def _call_hook(self, info: PluginInfo, hook: str, function: Callable[..., Any], **kwargs: Any) -> None:
         """Call one plugin's hook; a failure (an exit included) is recorded on the plugin."""
         held = io.StringIO()
         try:
-            with _timed(f"{hook} of {info.name}"), _held_output() as held:
+            with timed(f"{hook} of {info.name}"), held_output() as held:
                 function(**kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # noqa: BLE001 - a sys.exit in a hook too: isolation is the point
-            _isolate(info, f"{hook} of {_where(info)} failed", exc, held.getvalue())
+            isolate(info.errors, f"{hook} of {_where(info)} failed", exc, held.getvalue())
 
     def registry(self, kind: str) -> Registry:
         return self.registries[kind]
