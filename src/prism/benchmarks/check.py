@@ -317,7 +317,7 @@ class ImageChecker:
 
 # -- the whole-benchmark check -----------------------------------------------------------
 def _selected_specs(benchmark: Benchmark, tasks: Any) -> list[TaskSpec]:
-    from prism.config.schema import task_selection
+    from prism.config.selection import task_selection
 
     specs = benchmark.task_specs()
     spec = getattr(benchmark.config, "tasks", None) if tasks is None else tasks

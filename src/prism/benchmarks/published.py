@@ -214,7 +214,7 @@ class PublishedBenchmark(Benchmark):
     # -- prepare -------------------------------------------------------------------------
     def selected(self, resolved: list[ResolvedTask]) -> list[ResolvedTask]:
         """The tasks ``benchmark.tasks`` selects (all when not set), in benchmark order."""
-        from prism.config.schema import task_selection
+        from prism.config.selection import task_selection
 
         chosen = set(task_selection(getattr(self.config, "tasks", None), [r.spec.name for r in resolved]))
         return [r for i, r in enumerate(resolved) if i in chosen]

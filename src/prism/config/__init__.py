@@ -28,7 +28,7 @@ _HOMES = {
     "PrismConfig": "prism.config.schema",
     "ProjectConfig": "prism.config.schema",
     "TrainConfig": "prism.config.schema",
-    "task_selection": "prism.config.schema",
+    "task_selection": "prism.config.selection",
     "default_toml_text": "prism.config.template",
 }
 
@@ -68,8 +68,8 @@ if TYPE_CHECKING:
         PrismConfig,
         ProjectConfig,
         TrainConfig,
-        task_selection,
     )
+    from prism.config.selection import task_selection
     from prism.config.template import default_toml_text
 
 

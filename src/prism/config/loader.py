@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
 from typing import Any, Mapping
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from prism import __version__
 from prism.atomic import write_file_atomic
@@ -33,13 +32,23 @@ from prism.config.layers import (
     method_defaults_layer,
     sets_layer,
 )
-from prism.config.schema import MethodConfig, PrismConfig, task_selection
+from prism.config.paths import under
+from prism.config.problems import (
+    KeyPath,
+    config_error,
+    source_of,
+    validate,
+    value_sources,
+    without_bad_numbers,
+)
+from prism.config.schema import MethodConfig, PrismConfig
+from prism.config.selection import task_selection
 from prism.config.toml_io import dumps
 from prism.errors import ConfigError, PrismError
 from prism.registry import did_you_mean
 
 __all__ = ["CONFIG_FILE_NAME", "HASH_EXCLUDED", "RESOLVED_FILE_NAME", "ResolvedConfig",
-           "discover_config", "load_config", "project_path"]
+           "discover_config", "load_config"]
 
 RESOLVED_FILE_NAME = "config.resolved.toml"
 
@@ -48,9 +57,6 @@ HASH_EXCLUDED = ("infer.batch_size", "train.log_every", "train.save_every_steps"
                  "project.name", "project.output_dir", "benchmark.root", "distributed.nproc",
                  "distributed.gpus", "distributed.master_port")
 
-KeyPath = tuple[str, ...]
-#: TOML integers are 64-bit; Python's parser (and ``--set``) accept any size
-INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass
@@ -75,19 +81,19 @@ class ResolvedConfig:
     @property
     def output_dir(self) -> Path:
         """``project.output_dir``, absolute (relative paths are under the project dir)."""
-        return _under(self.project_dir, self.config.project.output_dir)
+        return under(self.project_dir, self.config.project.output_dir)
 
     @property
     def data_root(self) -> Path:
         """``benchmark.root``, absolute (relative paths are under the project dir)."""
-        return _under(self.project_dir, self.config.benchmark.root)
+        return under(self.project_dir, self.config.benchmark.root)
 
     def where(self, path: KeyPath | str) -> str:
         """Where the value at ``path`` came from, as errors name it ("prism.toml:12",
         "--set train.lr=abc", "env PRISM_METHOD", "default")."""
         keys = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
         if self.layers:
-            return _where(keys, self.layers)
+            return source_of(keys, self.layers)
         for end in range(len(keys), 0, -1):
             label = self.sources.get(".".join(keys[:end]))
             if label is not None:
@@ -123,23 +129,6 @@ class ResolvedConfig:
         path = Path(folder) / RESOLVED_FILE_NAME
         write_file_atomic(path, self.to_toml())
         return path
-
-
-def _under(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
-
-
-def project_path(value: str | None, project_dir: Path) -> str | None:
-    """A model or tower setting as a loader should read it: a relative path that exists under the
-    project folder (where prism.toml is) becomes that path; ids and ``builtin:`` names pass through."""
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    local = project_dir / path
-    if not value.startswith("builtin:") and not path.is_absolute() and local.exists():
-        return str(local)
-    return value
 
 
 def discover_config(config_path: Path | str | None = None, *, cwd: Path | None = None,
@@ -186,30 +175,30 @@ def load_config(config_path: Path | None = None, *, cwd: Path | None = None,
         layers.insert(0, method_defaults_layer(method_id, defaults))
 
     merged: dict[str, Any] = reduce(deep_merge, (layer.data for layer in layers), {})
-    merged = _without_bad_numbers(merged, (), layers, problems)
-    config = _validate(PrismConfig, merged, (), layers, problems)
+    merged = without_bad_numbers(merged, (), layers, problems)
+    config = validate(PrismConfig, merged, (), layers, problems)
     params = None
     method_tables = merged.get("method") if isinstance(merged.get("method"), dict) else {}
     if validate_method and registry is not None:
         _check_method_tables(method_tables, registry.ids(), layers, problems)
         if method_class is not None:
             table = method_tables.get(method_id, {})
-            params = _validate(method_class.Params, table if isinstance(table, dict) else {},
+            params = validate(method_class.Params, table if isinstance(table, dict) else {},
                                ("method", method_id), layers, problems)
     unchecked: list[str] = []
     if check_run:
         from prism.config.run_checks import run_problems
 
         checked, invalid = (config, set()) if config is not None else _valid_tables(merged)
-        problems += run_problems(checked, params, project_dir, lambda keys: _where(keys, layers),
+        problems += run_problems(checked, params, project_dir, lambda keys: source_of(keys, layers),
                                  skip=invalid, unchecked=unchecked)
     if problems or config is None:
-        raise _config_error(problems)
+        raise config_error(problems)
 
     if params is not None:
         config.method = MethodConfig.model_validate(
             {"id": method_id, method_id: params.model_dump(mode="json")})
-    sources = _sources(config, layers)
+    sources = value_sources(config, layers)
     return ResolvedConfig(config=config, method_params=params, sources=sources, config_path=path,
                           project_dir=project_dir, method_class=method_class, layers=layers,
                           unchecked=unchecked)
@@ -228,34 +217,6 @@ def _valid_tables(merged: dict[str, Any]) -> tuple[PrismConfig, set[str]]:
             tables[name] = model()
             invalid.add(name)
     return PrismConfig.model_construct(**tables), invalid
-
-
-def _without_bad_numbers(data: dict[str, Any], prefix: KeyPath, layers: list[Layer],
-                         problems: list[str]) -> dict[str, Any]:
-    """``data`` without the numbers no setting may hold (inf, nan, integers beyond 64 bits), each
-    reported once with its key and source; the rest is validated as usual."""
-    kept: dict[str, Any] = {}
-    for key, value in data.items():
-        path = (*prefix, str(key))
-        if isinstance(value, dict):
-            kept[key] = _without_bad_numbers(value, path, layers, problems)
-            continue
-        reason = _bad_number(value)
-        if reason is None:
-            kept[key] = value
-        else:
-            problems.append(f"{_where(path, layers)}: {_table_key(path)}: {reason} (got {_short(value)})")
-    return kept
-
-
-def _bad_number(value: Any) -> str | None:
-    if isinstance(value, (list, tuple)):
-        return next((reason for reason in map(_bad_number, value) if reason), None)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "must be a finite number"
-    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
-        return "integer out of range (a setting holds at most a 64-bit integer, |n| < 2**63)"
-    return None
 
 
 # -- the method --------------------------------------------------------------------------
@@ -310,117 +271,10 @@ def _check_method_tables(method: Any, known: list[str], layers: list[Layer],
             continue
         path = ("method", name)
         problems.append(
-            f"{_where(path, layers)}: [method.{name}]: unknown method table"
+            f"{source_of(path, layers)}: [method.{name}]: unknown method table"
             f"{did_you_mean(name, known)}; registered methods: {', '.join(known) or 'none'}"
         )
 
 
-# -- validation and error messages ----------------------------------------------------------
-def _validate(model: type[BaseModel], data: Any, prefix: KeyPath, layers: list[Layer],
-              problems: list[str]):
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        for error in exc.errors():
-            line = _describe(error, model, prefix, layers)
-            if line not in problems:
-                problems.append(line)
-        return None
 
 
-def _describe(error: Any, root: type[BaseModel], prefix: KeyPath, layers: list[Layer]) -> str:
-    """``<source>: [table] key: message`` for one pydantic error."""
-    rel, owner, is_table = _key_path(tuple(error["loc"]), root)
-    path = (*prefix, *rel)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        choices = list(owner.model_fields) if owner is not None else []
-        noun = "table" if len(path) == 1 else "key"
-        message = f"unknown {noun}{did_you_mean(path[-1], choices)}"
-    elif kind in ("model_type", "dict_type", "model_attributes_type"):
-        target = ".".join(path)
-        message = f"expected a table [{target}], got {_short(error.get('input'))}"
-        if path[:1] == ("method",) and len(path) == 2:
-            message += "; method hyper-parameters go in [method.<id>] tables"
-    else:
-        message = str(error["msg"]).removeprefix("Value error, ")
-        given = error.get("input")
-        if not isinstance(given, (dict, BaseModel)) and kind != "missing":
-            message += f" (got {_short(given)})"
-    location = f"[{'.'.join(path)}]" if is_table else _table_key(path)
-    return f"{_where(path, layers)}: {location}: {message}"
-
-
-def _key_path(loc: tuple[Any, ...], root: type[BaseModel]
-              ) -> tuple[KeyPath, type[BaseModel] | None, bool]:
-    """The config key an error location points at, the model owning its last part, and
-    whether it is a whole table (a model-level check such as micro <= global batch size).
-
-    Stops at the first non-model field, so union member names and list indices
-    that pydantic appends stay out of the key.
-    """
-    model: type[BaseModel] | None = root
-    owner: type[BaseModel] | None = root
-    path: list[str] = []
-    for part in loc:
-        if not isinstance(part, str) or model is None:
-            break
-        path.append(part)
-        owner = model
-        info = model.model_fields.get(part)
-        annotation = info.annotation if info is not None else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-    is_table = model is not None and len(path) == len(loc)
-    return tuple(path), owner, is_table
-
-
-def _table_key(path: KeyPath) -> str:
-    if len(path) <= 1:
-        return f"[{'.'.join(path)}]"
-    return f"[{'.'.join(path[:-1])}] {path[-1]}"
-
-
-def _where(path: KeyPath, layers: list[Layer]) -> str:
-    for layer in reversed(layers):
-        origin = layer.origin_of(path)
-        if origin is not None:
-            return origin.detail
-    return "default"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _config_error(problems: list[str]) -> ConfigError:
-    hint = "`prism config show` lists every setting with its source; see the comments in `prism init`'s prism.toml"
-    if len(problems) == 1:
-        return ConfigError(f"invalid configuration: {problems[0]}", hint=hint)
-    body = "\n".join(f"  - {problem}" for problem in problems)
-    return ConfigError(f"invalid configuration ({len(problems)} problems):\n{body}", hint=hint)
-
-
-# -- provenance ------------------------------------------------------------------------------
-def _sources(config: PrismConfig, layers: list[Layer]) -> dict[str, str]:
-    """Dotted key -> where its value came from, for every leaf of the resolved config."""
-    sources: dict[str, str] = {}
-    for path in _leaf_paths(config.model_dump(mode="json")):
-        label = "default"
-        for layer in reversed(layers):
-            origin = layer.origin_of(path)
-            if origin is not None:
-                label = origin.label
-                break
-        sources[".".join(path)] = label
-    return sources
-
-
-def _leaf_paths(data: Mapping[str, Any], prefix: KeyPath = ()) -> list[KeyPath]:
-    """Leaves are the fields of the core tables and of method tables (dict values stay whole)."""
-    paths: list[KeyPath] = []
-    for key, value in data.items():
-        path = (*prefix, key)
-        descend = isinstance(value, Mapping) and (len(path) == 1 or path[:1] == ("method",) and len(path) == 2)
-        paths.extend(_leaf_paths(value, path) if descend else [path])
-    return paths

@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from prism.config.loader import KeyPath, _config_error, _table_key, _under, project_path
+from prism.config.paths import project_path, under
+from prism.config.problems import KeyPath, config_error, table_key
 from prism.errors import ConfigError, DataError
 from prism.registry import did_you_mean
 
@@ -43,7 +44,7 @@ class _Problems:
         self.lines: list[str] = []
 
     def add(self, path: KeyPath, message: str, *, table: bool = False) -> None:
-        location = _task_table(path) if table else _table_key(path)
+        location = _task_table(path) if table else table_key(path)
         self.lines.append(f"{self.where(path)}: {location}: {message}")
 
     def error(self, path: KeyPath, exc: ConfigError | DataError) -> None:
@@ -65,7 +66,7 @@ def validate_run(resolved: Any, *, fetch: bool = False) -> None:
     problems = run_problems(resolved.config, resolved.method_params, resolved.project_dir, resolved.where,
                             fetch=fetch)
     if problems:
-        raise _config_error(problems)
+        raise config_error(problems)
 
 
 def run_problems(config: Any, method_params: Any, project_dir: Path, where: Where, *, fetch: bool = False,
@@ -133,7 +134,7 @@ def _check_benchmark(config: Any, project_dir: Path, problems: _Problems, *, che
     if entry is None:
         return
     benchmark_cls = entry.load()  # its task list is needed (benchmark modules import no torch)
-    root = _under(project_dir, bench_cfg.root)
+    root = under(project_dir, bench_cfg.root)
     root_missing = not getattr(benchmark_cls, "creates_data", False) and not root.is_dir()
     if root_missing:
         problems.add(("benchmark", "root"), f"data folder {root} not found: {bench_cfg.id} reads its data "
@@ -159,7 +160,7 @@ def _check_benchmark(config: Any, project_dir: Path, problems: _Problems, *, che
 def task_name_problems(benchmark_id: str, tasks: Any, train_overrides: dict[str, Any] | None,
                        names: list[str], where: Where) -> list[str]:
     """``[benchmark] tasks`` and the task names of ``[train.overrides."<task>"]`` against the benchmark's tasks."""
-    from prism.config.schema import task_problems
+    from prism.config.selection import task_problems
 
     problems = _Problems(where)
     for message in task_problems(tasks, names)[1]:

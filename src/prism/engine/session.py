@@ -33,7 +33,7 @@ class RunPlan:
 
 def plan_run(resolved: Any) -> RunPlan:
     from prism.config import task_selection
-    from prism.config.loader import _config_error
+    from prism.config.problems import config_error
     from prism.config.run_checks import task_name_problems
 
     cfg = resolved.config
@@ -45,7 +45,7 @@ def plan_run(resolved: Any) -> RunPlan:
     problems = task_name_problems(cfg.benchmark.id, cfg.benchmark.tasks, cfg.train.overrides, names,
                                   resolved.where)
     if problems:
-        raise _config_error(problems)
+        raise config_error(problems)
     indices = task_selection(cfg.benchmark.tasks, names)
     layout = RunLayout(resolved.output_dir, cfg.benchmark.id, cfg.method.id, cfg.backbone.id)
     return RunPlan(resolved=resolved, benchmark=benchmark, all_tasks=tasks, indices=indices, layout=layout)
@@ -130,7 +130,7 @@ def _setting_name(resolved: Any, dotted: str, toml_key: str) -> str:
 
 def _project_path(value: str | None, project_dir: Path) -> str | None:
     """A relative local path in prism.toml is relative to its folder; ids and builtins pass through."""
-    from prism.config.loader import project_path
+    from prism.config.paths import project_path
 
     return project_path(value, project_dir)
 
