@@ -23,8 +23,14 @@ Typical use by a method::
     adapters.activate(["task0"])             # only this slot in the forward
 """
 
-from prism.adapters.inject import AdapterSet, LayerFilter, LoadReport, inject_adapters
-from prism.adapters.io import load_adapters, read_adapter_config, read_adapter_meta, save_adapters
+from prism.adapters.adapter_set import AdapterSet, LayerFilter, LoadReport
+from prism.adapters.inject import inject_adapters
+from prism.adapters.io import (
+    load_adapters,
+    read_adapter_config,
+    read_adapter_meta,
+    save_adapters,
+)
 from prism.adapters.layers import DeltaFn, LoRALinear, Mix, SlotSpec
 from prism.adapters.routing import RouterFactory, TokenRouter, token_router
 

@@ -24,7 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from prism.adapters.inject import AdapterSet, base_module_paths, slot_list
+from prism.adapters.adapter_set import AdapterSet, slot_list
+from prism.adapters.inject import base_module_paths
 from prism.adapters.layers import LoRALinear, SlotSpec
 from prism.errors import CheckpointError
 

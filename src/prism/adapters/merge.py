@@ -17,7 +17,7 @@ from typing import Mapping
 
 import torch
 
-from prism.adapters.inject import AdapterSet
+from prism.adapters.adapter_set import AdapterSet
 from prism.adapters.layers import LoRALinear, SlotSpec
 
 
