@@ -194,7 +194,9 @@ def loaded(model: Any, tokenizer: Any, processor: Any, path: str = "(in memory)"
 # -- pre-training ------------------------------------------------------------------------------
 def base_batch(rng: random.Random, backbone: Any, batch_size: int, words: list[str]) -> Any:
     """A fresh batch of base examples (images drawn and encoded on the fly: no overfitting)."""
-    from prism.benchmarks.data import EncodedSample, collate, encode_text, pixel_values
+    from prism.benchmarks.batch import EncodedSample, collate
+    from prism.benchmarks.data import encode_text
+    from prism.benchmarks.images import pixel_values
 
     examples = [base_example(rng, words) for _ in range(batch_size)]
     images = [syn.render_scene(scene) for scene, _, _ in examples if scene is not None]

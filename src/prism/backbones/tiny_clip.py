@@ -162,7 +162,7 @@ def pretrain(model: Any, tokenizer: Any, image_processor: Any, *, steps: int = 6
     """CLIP's contrastive loss on freshly drawn (scene, caption) pairs, plus the text-views loss."""
     import torch
 
-    from prism.benchmarks.data import pixel_values
+    from prism.benchmarks.images import pixel_values
 
     rng = random.Random(f"prism-tiny-clip:{seed}")
     torch.manual_seed(seed)

@@ -45,7 +45,7 @@ from prism.benchmarks.check_report import (
     TaskCheck,
     check_summary_error,
 )
-from prism.benchmarks.data import validate_test_record, validate_train_record
+from prism.benchmarks.records import validate_test_record, validate_train_record
 from prism.benchmarks.fix_policy import FIX_POLICIES, FixPolicy, SkippedRecordsWarning, load_train_records_checked
 from prism.benchmarks.image_manifest import ImageManifest, verifier_for
 from prism.errors import ConfigError, DataError

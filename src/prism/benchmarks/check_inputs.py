@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prism.benchmarks.base import TaskSpec
-from prism.benchmarks.data import decode_failure, resolve_image
+from prism.benchmarks.images import decode_failure, resolve_image
 from prism.benchmarks.image_manifest import ImageEntry, ImageVerifier, entry_of, image_key
 from prism.errors import DataError
 from prism.jsonfile import JsonProblem, read_json

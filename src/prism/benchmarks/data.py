@@ -1,7 +1,7 @@
 """From benchmark files on disk to model batches.
 
-Loading validates every record and names the file and record index of the
-first bad one. Encoding renders a conversation with the backbone's template,
+Loading (``prism.benchmarks.records``) validates every record and names the
+file and record index of the first bad one; images are ``prism.benchmarks.images``. Encoding renders a conversation with the backbone's template,
 expands each ``<image>`` into the model's image tokens (what ``LlavaProcessor``
 does), tokenises the text *once* with offsets, and supervises exactly the
 tokens that lie inside the template's supervised segments (the answers).
@@ -16,204 +16,30 @@ of fp32 pixels; a UCIT task has ~40k records).
 
 from __future__ import annotations
 
-import io
 import json
-import os
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from prism.benchmarks.base import TaskSpec
+from prism.benchmarks.batch import IGNORE_INDEX, Batch, EncodedSample, collate
 from prism.benchmarks.image_manifest import ImageVerifier, image_key, verifier_for
+from prism.benchmarks.images import IMAGE_HINT, load_image, pixel_values, resolve_image
+from prism.benchmarks.records import IMAGE_PLACEHOLDER
+from prism.benchmarks.records import load_test_records, load_train_records  # noqa: F401 - read here by runs
 from prism.errors import ConfigError, DataError, PrismError
 
 if TYPE_CHECKING:
-    from PIL import Image
 
     from prism.backbones.base import LoadedBackbone
     from prism.backbones.template import ConversationTemplate
 
-IGNORE_INDEX = -100
-IMAGE_PLACEHOLDER = "<image>"
 #: Key the engine (and replay methods) set on a record: the name of the task it belongs to.
 TASK_KEY = "_task"
-
-_ROLES = ("human", "gpt")
-
-
-# -- reading annotation files ------------------------------------------------------------
-def _read_list(path: Path, what: str) -> list[Any]:
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}",
-                        hint="check [benchmark] root and that the benchmark's files are unpacked there")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"cannot read {what} file {path}: {exc}") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
-
-
-def _bad(path: Path, index: int, problem: str) -> DataError:
-    return DataError(f"{path}: record {index}: {problem}")
-
-
-def _check_image_field(record: dict, path: Path, index: int) -> None:
-    if "image" in record and record["image"] is not None and not isinstance(record["image"], str):
-        raise _bad(path, index, f"'image' must be a path string, got {type(record['image']).__name__}"
-                   " (multi-image records are not supported)")
-
-
-def validate_train_record(record: Any, path: Path, index: int) -> None:
-    """Raise DataError unless ``record`` is a LLaVA conversation record prism can train on."""
-    if not isinstance(record, dict):
-        raise _bad(path, index, f"expected an object, got {type(record).__name__}")
-    _check_image_field(record, path, index)
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise _bad(path, index, "'conversations' must be a non-empty list")
-    placeholders = 0
-    for t, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
-            raise _bad(path, index, f"conversations[{t}] must be an object with a string 'value'")
-        expected = _ROLES[t % 2]
-        if turn.get("from") != expected:
-            raise _bad(path, index, f"conversations[{t}] is from {turn.get('from')!r}, expected {expected!r} "
-                       "(turns alternate human/gpt, starting with human)")
-        if IMAGE_PLACEHOLDER in turn["value"] and expected == "gpt":
-            raise _bad(path, index, f"conversations[{t}]: an answer contains {IMAGE_PLACEHOLDER}")
-        placeholders += turn["value"].count(IMAGE_PLACEHOLDER)
-    if turns[-1].get("from") != "gpt":
-        raise _bad(path, index, "the conversation ends with a human turn (nothing to learn)")
-    has_image = bool(record.get("image"))
-    if placeholders > 1:
-        raise _bad(path, index, f"{placeholders} {IMAGE_PLACEHOLDER} placeholders (one image per record)")
-    if placeholders and not has_image:
-        raise _bad(path, index, f"the text has {IMAGE_PLACEHOLDER} but the record has no 'image'")
-
-
-def validate_test_record(record: Any, path: Path, index: int) -> None:
-    """Raise DataError unless ``record`` has question_id, text and answer (image optional)."""
-    if not isinstance(record, dict):
-        raise _bad(path, index, f"expected an object, got {type(record).__name__}")
-    qid = record.get("question_id")
-    if not isinstance(qid, (int, str)) or isinstance(qid, bool):
-        raise _bad(path, index, "'question_id' must be an integer or a string")
-    if not isinstance(record.get("text"), str):
-        raise _bad(path, index, "'text' must be a string")
-    answer = record.get("answer")
-    if not (isinstance(answer, str) or (isinstance(answer, list) and all(isinstance(a, str) for a in answer))):
-        raise _bad(path, index, "'answer' must be a string or a list of strings")
-    _check_image_field(record, path, index)
-    if record["text"].count(IMAGE_PLACEHOLDER) > 1:
-        raise _bad(path, index, f"more than one {IMAGE_PLACEHOLDER} in 'text'")
-    if IMAGE_PLACEHOLDER in record["text"] and not record.get("image"):
-        raise _bad(path, index, f"the text has {IMAGE_PLACEHOLDER} but the record has no 'image'")
-
-
-def _cap(records: list[dict], max_samples: int | None) -> list[dict]:
-    if max_samples is None:
-        return records
-    if max_samples < 1:
-        raise ConfigError(f"max_samples must be at least 1, got {max_samples}")
-    return records[:max_samples]
-
-
-def load_train_records(root: Path, task: TaskSpec, max_samples: int | None = None) -> list[dict]:
-    """The task's training records (validated), the first ``max_samples`` of them if given."""
-    path = Path(root) / task.train_file
-    records = _read_list(path, f"training ({task.name})")
-    for i, record in enumerate(records):
-        validate_train_record(record, path, i)
-    return _cap(records, max_samples)
-
-
-def load_test_records(root: Path, task: TaskSpec, max_samples: int | None = None) -> list[dict]:
-    """The task's test records (validated, unique question ids), capped at ``max_samples``."""
-    path = Path(root) / task.test_file
-    records = _read_list(path, f"test ({task.name})")
-    seen: dict[str, int] = {}
-    for i, record in enumerate(records):
-        validate_test_record(record, path, i)
-        key = str(record["question_id"])
-        if key in seen:
-            raise _bad(path, i, f"question_id {record['question_id']!r} repeats record {seen[key]} "
-                       "(predictions are keyed by question_id)")
-        seen[key] = i
-    return _cap(records, max_samples)
-
-
-# -- images ------------------------------------------------------------------------------
-def resolve_image(root: Path, task: TaskSpec, relpath: str) -> Path:
-    """The file ``root/image_root/relpath`` really is; one outside that folder is a DataError.
-
-    The one confinement check of image paths (``prism data check``, training and
-    evaluation all use it). Both the image root and the path are resolved,
-    symlinks included, before the check: an image root that is itself a link
-    to shared storage works, a file linking to another file of the folder
-    works, but an image whose link leads out of the folder does not.
-    """
-    base = os.path.realpath(os.path.join(os.fspath(root), task.image_root))
-    if os.path.isabs(relpath):
-        raise DataError(f"image path {relpath!r} of task {task.name!r} is absolute; "
-                        f"image paths must be relative to {base}")
-    full = os.path.realpath(os.path.join(base, relpath))
-    if not _inside(full, base):
-        if _inside(os.path.normpath(os.path.join(base, relpath)), base):
-            raise DataError(f"image path {relpath!r} of task {task.name!r} leads through a symlink to "
-                            f"{full}, outside the image root {base}")
-        raise DataError(f"image path {relpath!r} of task {task.name!r} escapes the image root {base}")
-    return Path(full)
-
-
-def _inside(path: str, folder: str) -> bool:
-    return os.path.commonpath([folder, path]) == folder
-
-
-#: What a run's image errors suggest: the check lists them all (a run stops at the first).
-IMAGE_HINT = "`prism data check` lists every image that is missing, cannot be decoded or lies outside its root"
-
-
-def decode_failure(exc: BaseException, path: Path) -> str:
-    """``Type: message`` of a PIL failure, without the path when PIL's message repeats it."""
-    said = str(exc)
-    return type(exc).__name__ + (f": {said}" if said and str(path) not in said else "")
-
-
-def load_image(path: Path, *, context: str = "", verifier: ImageVerifier | None = None,
-               key: str | None = None) -> "Image.Image":
-    """Open an image as RGB; a missing or undecodable file is a DataError naming it.
-
-    Anything PIL raises counts as undecodable, as in ``prism data check``: its
-    errors are of many types, and a header claiming a huge size raises
-    DecompressionBombError, which is not an OSError. With a ``verifier`` (the
-    benchmark has an image manifest) the file is first checked against the
-    manifest's entry ``key``; in hash mode the bytes read for the hash are decoded.
-    """
-    from PIL import Image
-
-    where = f" ({context})" if context else ""
-    data = None
-    if verifier is not None:
-        data = verifier.read(path, key or str(path), where)
-    elif not path.is_file():
-        raise DataError(f"image not found: {path}{where}", hint=IMAGE_HINT)
-    try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
-            return image.convert("RGB")
-    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
-        raise DataError(f"cannot decode image {path}{where}: {decode_failure(exc, path)}",
-                        hint=IMAGE_HINT) from None
-
-
-def pixel_values(images: list["Image.Image"], image_processor: Any) -> torch.Tensor:
-    """Preprocess images with the backbone's processor: (N, 3, H, W) float tensor."""
-    return image_processor(images=images, return_tensors="pt")["pixel_values"]
 
 
 # -- encoding ----------------------------------------------------------------------------
@@ -239,18 +65,6 @@ class Encoder:
             return backbone
         return cls(backbone.tokenizer, backbone.image_processor, backbone.template, backbone.num_image_tokens,
                    backbone.image_token, backbone.model_path)
-
-
-@dataclass
-class EncodedSample:
-    """One record, tokenised: what ``collate`` stacks into a Batch."""
-
-    input_ids: torch.Tensor  # (L,) long
-    labels: torch.Tensor | None  # (L,) long, IGNORE_INDEX where not supervised; None for prompts
-    pixel_values: torch.Tensor | None  # (3, H, W) or None without image
-    record: dict
-    instruction: str  # first human turn without <image>, stripped (what routers look at)
-    task_index: int = 0
 
 
 def encode_text(turns: list[tuple[str, str]], backbone: "LoadedBackbone", *, num_images: int,
@@ -382,82 +196,6 @@ _LENGTH_CHUNK = 256  # the tokenizer's batch output takes tens of kB a record: k
 
 
 # -- batches -----------------------------------------------------------------------------
-@dataclass
-class Batch:
-    """Padded tensors plus what methods need to route or replay (records, instructions, tasks).
-
-    ``pixel_values`` holds the images of the samples that have one, in batch
-    order: LLaVA scatters image features into the image-token positions in order.
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None
-    pixel_values: torch.Tensor | None
-    records: list[dict] = field(default_factory=list)
-    instructions: list[str] = field(default_factory=list)
-    task_indices: list[int] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        """Keyword arguments for ``model(**...)`` / ``model.generate(**...)``."""
-        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if self.labels is not None:
-            inputs["labels"] = self.labels
-        if self.pixel_values is not None:
-            inputs["pixel_values"] = self.pixel_values
-        return inputs
-
-    def to(self, device: Any) -> "Batch":
-        """On ``device``; pinned tensors (DataLoader ``pin_memory``) are copied asynchronously."""
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=t.is_pinned())
-
-        return replace(self, input_ids=move(self.input_ids), attention_mask=move(self.attention_mask),
-                       labels=move(self.labels), pixel_values=move(self.pixel_values))
-
-    def pin_memory(self) -> "Batch":
-        """Page-locked copies of the tensors (DataLoader calls this with ``pin_memory=True``)."""
-        def pin(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.pin_memory()
-
-        return replace(self, input_ids=pin(self.input_ids), attention_mask=pin(self.attention_mask),
-                       labels=pin(self.labels), pixel_values=pin(self.pixel_values))
-
-
-def collate(samples: Sequence[EncodedSample], pad_token_id: int, padding_side: str) -> Batch:
-    """Pad to the longest sample: ``"right"`` for training, ``"left"`` for generation."""
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    if not samples:
-        raise ValueError("cannot collate an empty list of samples")
-    length = max(len(s.input_ids) for s in samples)
-    n = len(samples)
-    input_ids = torch.full((n, length), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, length), dtype=torch.long)
-    with_labels = all(s.labels is not None for s in samples)
-    labels = torch.full((n, length), IGNORE_INDEX, dtype=torch.long) if with_labels else None
-    for row, sample in enumerate(samples):
-        size = len(sample.input_ids)
-        cols = slice(length - size, length) if padding_side == "left" else slice(0, size)
-        input_ids[row, cols] = sample.input_ids
-        attention_mask[row, cols] = 1
-        if labels is not None:
-            labels[row, cols] = sample.labels
-    images = [s.pixel_values for s in samples if s.pixel_values is not None]
-    return Batch(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        labels=labels,
-        pixel_values=torch.stack(images) if images else None,
-        records=[s.record for s in samples],
-        instructions=[s.instruction for s in samples],
-        task_indices=[s.task_index for s in samples],
-    )
-
-
 def _as_generator(generator: torch.Generator | int | None) -> torch.Generator | None:
     if isinstance(generator, int):
         return torch.Generator().manual_seed(generator)

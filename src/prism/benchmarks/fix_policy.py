@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from prism.benchmarks.base import TaskSpec
 from prism.benchmarks.check_inputs import ImageChecker, read_records, strip_location
-from prism.benchmarks.data import load_train_records, validate_train_record
+from prism.benchmarks.records import load_train_records, validate_train_record
 from prism.benchmarks.image_manifest import verifier_for
 from prism.errors import ConfigError, DataError
 

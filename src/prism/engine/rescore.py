@@ -48,7 +48,7 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
 def _check_test_set_is_empty(path: Path, spec: Any, root: Path, max_samples: int | None) -> None:
     """A run's prediction file without a single line is damage (a lost write, an inference killed
     before its first batch), not a 0.0, unless the task has no test question at all."""
-    from prism.benchmarks.data import load_test_records
+    from prism.benchmarks.records import load_test_records
 
     hint = (f"rerun `prism infer` for this run to regenerate it (lines already written are kept), "
             f"or delete {path.name} to leave the cell empty")

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # keep `import prism.methods.base` light for `prism methods s
     from prism.adapters import AdapterSet
     from prism.backbones.base import LoadedBackbone
     from prism.benchmarks.base import TaskSpec
-    from prism.benchmarks.data import Batch
+    from prism.benchmarks.batch import Batch
 
 
 #: slot name -> constant weight: the model answers every input with base + Σ weight · ΔW_slot.
