@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from prism.cli.common import CONFIG_FILE_NAME, stderr_console
+from prism.cli.help_text import add_command, argument, option
 
 DirArg = Annotated[
     Path,
-    typer.Argument(help="Project folder to write prism.toml into (created if missing).",
-                   show_default="the current folder"),
+    argument(help="Project folder to write prism.toml into (created if missing).",
+             show_default="the current folder"),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing prism.toml.")]
+ForceOpt = Annotated[bool, option("--force", "-f", help="Overwrite an existing prism.toml.")]
 
 
 def init(directory: DirArg = Path("."), force: ForceOpt = False) -> None:
@@ -44,4 +45,4 @@ def init(directory: DirArg = Path("."), force: ForceOpt = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("init")(init)
+    add_command(app, "init", init)

@@ -1,0 +1,56 @@
+"""Help text that prints as written.
+
+typer renders every help string as rich markup, so a table name such as
+``[distributed]`` would be taken for a style tag and vanish from ``--help``.
+Every option, argument, command and group help of the core commands passes
+through :func:`literal` (via :func:`option`, :func:`argument` and
+:func:`command_help`), so help strings are written plainly, brackets and all.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable
+
+import typer
+
+#: what rich takes for a markup tag (rich.markup's own pattern; importing rich on every completion
+#: keystroke only to escape would cost more than this line)
+_TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def literal(text: str) -> str:
+    """``text`` escaped so that rich markup prints it unchanged (what rich.markup.escape does)."""
+    return _TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
+
+
+def option(*names: str, help: str, **kwargs: Any) -> Any:  # noqa: A002 - typer's own keyword
+    """``typer.Option`` whose help prints literally."""
+    return typer.Option(*names, help=literal(help), **kwargs)
+
+
+def argument(*, help: str, **kwargs: Any) -> Any:  # noqa: A002 - typer's own keyword
+    """``typer.Argument`` whose help prints literally."""
+    return typer.Argument(help=literal(help), **kwargs)
+
+
+def command_help(function: Callable[..., Any] | str) -> str:
+    """A command's help from its docstring (or a string), printed literally.
+
+    The first paragraph is the one-line summary in the parent's command list, so it is
+    joined onto one line; later paragraphs (an "Examples:" block) keep their line breaks.
+    """
+    text = function if isinstance(function, str) else inspect.getdoc(function) or ""
+    first, sep, rest = inspect.cleandoc(text).partition("\n\n")
+    return literal(" ".join(first.split()) + sep + rest)
+
+
+def add_command(app: typer.Typer, name: str, function: Callable[..., Any], **kwargs: Any) -> None:
+    """Register a module-level command function under ``name``, its docstring as help."""
+    app.command(name, help=command_help(function), **kwargs)(function)
+
+
+def group(help: str, **kwargs: Any) -> typer.Typer:  # noqa: A002 - typer's own keyword
+    """A command group whose help (summary, then an "Examples:" block) prints literally."""
+    return typer.Typer(help=command_help(help), **kwargs)
