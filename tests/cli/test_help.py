@@ -1,9 +1,11 @@
-"""Every `--help` prints its bracketed table names literally (rich markup would eat "[distributed]")."""
+"""Every `--help` shows example command lines that parse, and prints its bracketed table names
+literally (rich markup would eat "[distributed]")."""
 
 from __future__ import annotations
 
 import importlib
 import re
+import shlex
 
 import pytest
 import typer
@@ -60,6 +62,21 @@ def test_train_help_prints_table_names_literally(capsys, monkeypatch, tmp_path):
     assert "[distributed] nproc" in out and "[distributed] gpus" in out
     assert "[backbone] train_precision" in out
     assert "( nproc)" not in out and "\\[" not in out
+    assert "Examples:" in out and "\n   prism train --" in out  # one command line per line
+
+
+def _examples(command) -> list[list[str]]:
+    """The `prism ...` command lines of a help's Examples section, as argument lists."""
+    text = re.sub(r"\\(\[)", r"\1", command.epilog or "")
+    found = []
+    for line in text.partition("Examples:")[2].strip().splitlines():
+        for segment in line.split("&&"):
+            words = shlex.split(segment)
+            while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value prism ...
+                words.pop(0)
+            if words[:1] == ["prism"]:
+                found.append(words[1:])
+    return found
 
 
 @pytest.mark.parametrize("path, command", CORE[1:], ids=[" ".join(path) for path, _ in CORE[1:]])
@@ -69,3 +86,17 @@ def test_every_bracketed_word_of_a_help_survives(path, command, capsys, monkeypa
     for text in _source_help(command):
         for word in BRACKETED.findall(text):
             assert word in out, f"prism {' '.join(path)} --help lost {word}"
+
+
+@pytest.mark.parametrize("path, command", CORE, ids=[" ".join(path) or "prism" for path, _ in CORE])
+def test_every_help_shows_examples_that_parse(path, command, capsys, monkeypatch, tmp_path):
+    if not path:  # the root's help is prism's app's, not the scratch app's
+        from prism.cli.app import app
+
+        command = get_command(app)
+    out = _help(list(path), capsys, monkeypatch, tmp_path)
+    assert "Examples:" in out, f"prism {' '.join(path)} --help shows no example"
+    examples = _examples(command)
+    assert examples and examples[0][:len(path)] == list(path)  # the first example runs this command
+    for example in examples:  # every option named exists and gets its value; the command path too
+        assert _help(example, capsys, monkeypatch, tmp_path), example

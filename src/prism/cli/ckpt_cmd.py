@@ -49,7 +49,12 @@ def _output_dir(config, set_) -> "tuple":
 
 def list_(all_runs: AllRunsOpt = False, config: ConfigOpt = None, set_: SetOpt = None,
           json_: JsonOpt = False) -> None:
-    """Checkpoints of the configured run (or of every run with --all)."""
+    """Checkpoints of the configured run (or of every run with --all).
+
+    Examples:
+      prism ckpt list
+      prism ckpt list --all --json
+    """
     from prism.checkpoint.inspect import list_checkpoints
 
     output_dir, resolved = _output_dir(config, set_)
@@ -82,7 +87,12 @@ def list_(all_runs: AllRunsOpt = False, config: ConfigOpt = None, set_: SetOpt =
 def inspect(name: NameArg, config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
             no_verify: NoVerifyOpt = False) -> None:
     """What a checkpoint (a name, or a folder anywhere) holds: tasks seen, method state, adapter tensors;
-    verified against its manifest."""
+    verified against its manifest.
+
+    Examples:
+      prism ckpt inspect Task1_llava
+      prism ckpt inspect outputs/checkpoints/synthetic/ewc/Task0_llava --no-verify
+    """
     from prism.checkpoint.inspect import inspect_checkpoint, list_checkpoints, resolve_checkpoint
     from prism.checkpoint.store import VERIFY_HINT
     from prism.errors import CheckpointError
@@ -104,7 +114,12 @@ def inspect(name: NameArg, config: ConfigOpt = None, set_: SetOpt = None, json_:
 def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None, dtype: ConvertDtypeOpt = "auto",
             force: Annotated[bool, option("--force", help="Replace DST if it exists.")] = False,
             json_: JsonOpt = False) -> None:
-    """Write an original LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b format) as a llava-hf folder."""
+    """Write an original LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b format) as a llava-hf folder.
+
+    Examples:
+      prism ckpt convert llava-v1.5-7b llava-v1.5-7b-hf
+      prism ckpt convert llava-v1.5-7b llava-v1.5-7b-hf --vision-tower clip-vit-large-patch14-336 --dtype float16
+    """
     from prism.backbones.llava_original import convert_checkpoint
 
     record = convert_checkpoint(src, dst, vision_tower=vision_tower, dtype=dtype, force=force)
@@ -124,8 +139,11 @@ def export(
     """Merge a checkpoint's adapters into the base and write a llava-hf folder that plain transformers loads.
 
     Only for methods that answer every input with a fixed mix of slots (such as ft_lora, replay_lora,
-    ewc, joint, olora, zeroshot); a method that routes per input is refused. Example:
-    prism ckpt export Task2_llava --to exported/task2 (add --adapter-only for a peft LoRA).
+    ewc, joint, olora, zeroshot); a method that routes per input is refused.
+
+    Examples:
+      prism ckpt export Task2_llava --to exported/task2
+      prism ckpt export Task2_llava --to exported/task2-lora --adapter-only
     """
     from prism.checkpoint.export import export_checkpoint
     from prism.checkpoint.inspect import list_checkpoints, resolve_checkpoint
@@ -148,7 +166,12 @@ def export(
 
 def verify(names: NamesArg = None, config: ConfigOpt = None, set_: SetOpt = None,
            json_: JsonOpt = False) -> None:
-    """Re-hash every file of each checkpoint against its manifest and check its core files; exit 1 if one fails."""
+    """Re-hash every file of each checkpoint against its manifest and check its core files; exit 1 if one fails.
+
+    Examples:
+      prism ckpt verify
+      prism ckpt verify Task0_llava Task1_llava --json
+    """
     from prism.checkpoint.inspect import list_checkpoints, resolve_checkpoint, verify_report
     from prism.errors import CheckpointError
 
@@ -187,7 +210,8 @@ def verify(names: NamesArg = None, config: ConfigOpt = None, set_: SetOpt = None
 
 def register(app: typer.Typer) -> None:
     ckpt = group("Checkpoints: list them, inspect one, verify them, convert original LLaVA-1.5 "
-                 "weights, export one as a standalone model.", no_args_is_help=True)
+                 "weights, export one as a standalone model.\n\n"
+                 "Examples:\n  prism ckpt list --all\n  prism ckpt verify", no_args_is_help=True)
     add_command(ckpt, "list", list_)
     add_command(ckpt, "inspect", inspect)
     add_command(ckpt, "convert", convert)

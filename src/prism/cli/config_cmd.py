@@ -28,7 +28,12 @@ def _load(config: Optional[Path], sets: Optional[list[str]], method: Optional[st
 
 def show(config: ConfigOpt = None, set_: SetOpt = None, method: ShowMethodOpt = None,
          json_: JsonOpt = False) -> None:
-    """Print every resolved setting with its source (table on stderr, or --json on stdout)."""
+    """Print every resolved setting with its source (table on stderr, or --json on stdout).
+
+    Examples:
+      prism config show
+      prism config show --method ewc --set train.lr=1e-4 --json
+    """
     resolved = _load(config, set_, method)
     if json_:
         emit_json({
@@ -80,6 +85,10 @@ def validate(config: ConfigOpt = None, set_: SetOpt = None, method: ShowMethodOp
     [benchmark] tasks and [train.overrides."<task>"] against the benchmark's tasks; [train]
     report_to trackers; the target_modules regex; local model and routing-tower folders and
     the data folder. Hub ids are not downloaded (listed as not checked).
+
+    Examples:
+      prism config validate
+      prism config validate -c experiments/prism.toml --method ewc
     """
     from prism.config import load_config
 
@@ -95,8 +104,8 @@ def validate(config: ConfigOpt = None, set_: SetOpt = None, method: ShowMethodOp
 
 
 def register(app: typer.Typer) -> None:
-    config = group("Show or validate the resolved configuration (prism.toml + env + --set + flags).",
-                   no_args_is_help=True)
+    config = group("Show or validate the resolved configuration (prism.toml + env + --set + flags).\n\n"
+                   "Examples:\n  prism config show\n  prism config validate --method ewc", no_args_is_help=True)
     add_command(config, "show", show)
     add_command(config, "validate", validate)
     app.add_typer(config, name="config")

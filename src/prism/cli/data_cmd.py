@@ -28,7 +28,12 @@ WriteManifestOpt = Annotated[bool, option(
 def check(benchmark: CheckBenchmarkOpt = None, tasks: CheckTasksOpt = None, config: ConfigOpt = None,
           set_: SetOpt = None, no_images: NoImagesOpt = False, max_examples: MaxExamplesOpt = 10,
           write_manifest: WriteManifestOpt = False, json_: JsonOpt = False) -> None:
-    """Validate the selected tasks' training and test files, their images and caption ground truth."""
+    """Validate the selected tasks' training and test files, their images and caption ground truth.
+
+    Examples:
+      prism data check --no-images
+      prism data check -b ucit --tasks 0,2 --write-manifest
+    """
     from prism.config import load_config, task_selection
     from prism.plugins import registry
 
@@ -94,7 +99,7 @@ class _progress:
 
 
 def register(app: typer.Typer) -> None:
-    data = group("Check a benchmark's data: files, records, images, ids and caption ground truth.",
-                 no_args_is_help=True)
+    data = group("Check a benchmark's data: files, records, images, ids and caption ground truth.\n\n"
+                 "Examples:\n  prism data check\n  prism data check -b ucit --no-images", no_args_is_help=True)
     add_command(data, "check", check)
     app.add_typer(data, name="data")

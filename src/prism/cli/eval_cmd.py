@@ -52,7 +52,12 @@ def compare(
     methods: MethodsArg, tasks: TasksOpt = None, benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
 ) -> None:
-    """Several runs (one per method) side by side: Last/MFN, MFT, MAA, BWT, Forgetting."""
+    """Several runs (one per method) side by side: Last/MFN, MFT, MAA, BWT, Forgetting.
+
+    Examples:
+      prism eval compare ft_lora ewc
+      prism eval compare ft_lora replay_lora --benchmark ucit --json
+    """
     from prism.config import load_config
     from prism.engine.rescore import rescore
     from prism.evaluation.matrix import render_comparison
@@ -74,7 +79,12 @@ def compare(
 def score(
     predictions: PredictionsArg, metric: MetricOpt, gt: GroundTruthOpt = None, json_: JsonOpt = False,
 ) -> None:
-    """Re-score one prediction file offline, e.g. one written by another MCIT tool (with --gt)."""
+    """Re-score one prediction file offline, e.g. one written by another MCIT tool (with --gt).
+
+    Examples:
+      prism eval score outputs/predictions/synthetic/ewc/Task1_llava/colour.jsonl --metric exact_match
+      prism eval score predictions.jsonl --metric vqa_accuracy --gt TextVQA_0.5.1_val.json
+    """
     from rich.markup import escape
 
     from prism.cli.common import project_dir_for_plugins
@@ -118,7 +128,8 @@ def score(
 
 
 def register(app: typer.Typer) -> None:
-    evaluation = group("Accuracy matrix, CL metrics, plots and report from prediction files.",
+    evaluation = group("Accuracy matrix, CL metrics, plots and report from prediction files.\n\n"
+                       "Examples:\n  prism eval --method ewc\n  prism eval compare ft_lora ewc",
                        invoke_without_command=True)
     evaluation.callback()(run_eval)
     add_command(evaluation, "compare", compare)

@@ -5,6 +5,8 @@ typer renders every help string as rich markup, so a table name such as
 Every option, argument, command and group help of the core commands passes
 through :func:`literal` (via :func:`option`, :func:`argument` and
 :func:`command_help`), so help strings are written plainly, brackets and all.
+A docstring's final "Examples:" section becomes the command's epilog: one
+command line per line, below the options.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import typer
 #: what rich takes for a markup tag (rich.markup's own pattern; importing rich on every completion
 #: keystroke only to escape would cost more than this line)
 _TAG = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+#: where a help text's example command lines start
+EXAMPLES = "\n\nExamples:\n"
 
 
 def literal(text: str) -> str:
@@ -35,22 +39,29 @@ def argument(*, help: str, **kwargs: Any) -> Any:  # noqa: A002 - typer's own ke
     return typer.Argument(help=literal(help), **kwargs)
 
 
-def command_help(function: Callable[..., Any] | str) -> str:
-    """A command's help from its docstring (or a string), printed literally.
+def command_help(function: Callable[..., Any] | str) -> tuple[str, str | None]:
+    """A command's (help, epilog) from its docstring (or a string), printed literally.
 
     The first paragraph is the one-line summary in the parent's command list, so it is
-    joined onto one line; later paragraphs (an "Examples:" block) keep their line breaks.
+    joined onto one line. A final "Examples:" section becomes the epilog, shown below the
+    options, one command line per line.
     """
     text = function if isinstance(function, str) else inspect.getdoc(function) or ""
-    first, sep, rest = inspect.cleandoc(text).partition("\n\n")
-    return literal(" ".join(first.split()) + sep + rest)
+    text, _, examples = inspect.cleandoc(text).partition(EXAMPLES)
+    first, sep, rest = text.strip().partition("\n\n")
+    help_ = literal(" ".join(first.split()) + sep + rest)
+    # typer dedents the epilog from its second line on: the leading newline makes "Examples:" that
+    # line, so the command lines below it keep their indent
+    return help_, literal("\n" + EXAMPLES.strip() + "\n" + examples.rstrip()) if examples.strip() else None
 
 
 def add_command(app: typer.Typer, name: str, function: Callable[..., Any], **kwargs: Any) -> None:
     """Register a module-level command function under ``name``, its docstring as help."""
-    app.command(name, help=command_help(function), **kwargs)(function)
+    help_, epilog = command_help(function)
+    app.command(name, help=help_, epilog=epilog, **kwargs)(function)
 
 
 def group(help: str, **kwargs: Any) -> typer.Typer:  # noqa: A002 - typer's own keyword
-    """A command group whose help (summary, then an "Examples:" block) prints literally."""
-    return typer.Typer(help=command_help(help), **kwargs)
+    """A command group whose help (summary, then an "Examples:" section) prints literally."""
+    help_, epilog = command_help(help)
+    return typer.Typer(help=help_, epilog=epilog, **kwargs)

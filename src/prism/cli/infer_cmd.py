@@ -29,7 +29,12 @@ def infer(
     config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
 ) -> None:
     """Verify each checkpoint, load the base model once, swap in each checkpoint's adapters, and predict
-    every task it has seen."""
+    every task it has seen.
+
+    Examples:
+      prism infer
+      prism infer --ckpt Task1_llava --load-4bit
+    """
     from prism.cli.progress import RichReporter
     from prism.cli.results import print_matrix, result_json
     from prism.config import load_config

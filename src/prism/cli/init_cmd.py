@@ -19,7 +19,12 @@ ForceOpt = Annotated[bool, option("--force", "-f", help="Overwrite an existing p
 
 
 def init(directory: DirArg = Path("."), force: ForceOpt = False) -> None:
-    """Write an annotated prism.toml (the CPU demo: tiny LLaVA, synthetic benchmark, LoRA)."""
+    """Write an annotated prism.toml (the CPU demo: tiny LLaVA, synthetic benchmark, LoRA).
+
+    Examples:
+      prism init demo
+      prism init --force
+    """
     from prism.config.template import default_toml_text
     from prism.config.toml_io import atomic_write_text
     from prism.errors import UsageError

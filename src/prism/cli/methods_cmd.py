@@ -15,7 +15,12 @@ MethodIdArg = Annotated[str, argument(help="Method id, e.g. ft_lora.", autocompl
 
 
 def list_(json_: JsonOpt = False) -> None:
-    """Every registered method: id, summary and who provides it."""
+    """Every registered method: id, summary and who provides it.
+
+    Examples:
+      prism methods list
+      prism methods list --json
+    """
     from prism.plugins import registry
 
     entries = list(registry("method", project_dir_for_plugins()))
@@ -33,7 +38,12 @@ def list_(json_: JsonOpt = False) -> None:
 
 
 def show(method_id: MethodIdArg, json_: JsonOpt = False) -> None:
-    """A method's hyper-parameters: defaults, types and meaning."""
+    """A method's hyper-parameters: defaults, types and meaning.
+
+    Examples:
+      prism methods show ewc
+      prism methods show olora --json
+    """
     from prism.plugins import registry
 
     entry = registry("method", project_dir_for_plugins()).entry(method_id)
@@ -68,7 +78,8 @@ def show(method_id: MethodIdArg, json_: JsonOpt = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    methods = group("Continual-learning methods: built-in and installed plugins.", no_args_is_help=True)
+    methods = group("Continual-learning methods: built-in and installed plugins.\n\n"
+                    "Examples:\n  prism methods list\n  prism methods show ewc", no_args_is_help=True)
     add_command(methods, "list", list_)
     add_command(methods, "show", show)
     app.add_typer(methods, name="methods")

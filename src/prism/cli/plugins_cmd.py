@@ -22,6 +22,10 @@ def plugins(json_: JsonOpt = False) -> None:
 
     PRISM_LOAD_PLUGINS / PRISM_DISABLED_PLUGINS / [plugins] disable choose which load;
     PRISM_TRACE_PLUGINS=1 traces every load and hook call on stderr.
+
+    Examples:
+      prism plugins
+      PRISM_TRACE_PLUGINS=1 prism plugins --json
     """
     rows = plugin_rows()
     if json_:

@@ -18,9 +18,12 @@ from prism.cli.options import JsonOpt
 
 #: kind -> help of its command group
 GROUPS: dict[str, str] = {
-    "benchmark": "Benchmarks (task sequences): built-in and installed plugins.",
-    "backbone": "Backbones (model families): built-in and installed plugins.",
-    "metric": "Per-task metrics: built-in and installed plugins.",
+    "benchmark": "Benchmarks (task sequences): built-in and installed plugins.\n\n"
+                 "Examples:\n  prism benchmarks list\n  prism data check -b ucit",
+    "backbone": "Backbones (model families): built-in and installed plugins.\n\n"
+                "Examples:\n  prism backbones list\n  prism backbones show llava",
+    "metric": "Per-task metrics: built-in and installed plugins.\n\n"
+              "Examples:\n  prism metrics list\n  prism eval score predictions.jsonl --metric vqa_accuracy",
 }
 BackboneIdArg = Annotated[str, argument(help="Backbone id, e.g. llava.", autocompletion=complete_backbone)]
 
@@ -45,23 +48,43 @@ def list_entries(kind: str, json_: bool) -> None:
 
 
 def list_benchmarks(json_: JsonOpt = False) -> None:
-    """Every registered benchmark: id, summary and who provides it."""
+    """Every registered benchmark: id, summary and who provides it.
+
+    Examples:
+      prism benchmarks list
+      prism benchmarks list --json
+    """
     list_entries("benchmark", json_)
 
 
 def list_backbones(json_: JsonOpt = False) -> None:
-    """Every registered backbone: id, summary and who provides it."""
+    """Every registered backbone: id, summary and who provides it.
+
+    Examples:
+      prism backbones list
+      prism backbones list --json
+    """
     list_entries("backbone", json_)
 
 
 def list_metrics(json_: JsonOpt = False) -> None:
-    """Every registered metric: id, summary and who provides it."""
+    """Every registered metric: id, summary and who provides it.
+
+    Examples:
+      prism metrics list
+      prism metrics list --json
+    """
     list_entries("metric", json_)
 
 
 def show_backbone(backbone_id: BackboneIdArg, json_: JsonOpt = False) -> None:
     """What a backbone loads and accepts, its target-module presets, and the precisions and
-    attention implementations this machine can use."""
+    attention implementations this machine can use.
+
+    Examples:
+      prism backbones show llava
+      prism backbones show internvl --json
+    """
     from prism.backbones.describe import describe_backbone  # imports torch: only here
 
     info = describe_backbone(backbone_id, project_dir_for_plugins())

@@ -27,7 +27,12 @@ def train(
     train_precision: TrainPrecisionOpt = None, config: ConfigOpt = None, set_: SetOpt = None,
     restart: RestartOpt = False, json_: JsonOpt = False, nproc: NprocOpt = None, gpus: GpusOpt = None,
 ) -> None:
-    """Train task by task; after each task evaluate every task seen so far (the accuracy matrix)."""
+    """Train task by task; after each task evaluate every task seen so far (the accuracy matrix).
+
+    Examples:
+      prism train --method ewc --tasks 0-2
+      prism train --nproc 2 --restart --set train.epochs=2
+    """
     from prism.cli.common import INVOCATION
     from prism.cli.progress import RichReporter
     from prism.cli.results import print_matrix, result_json
