@@ -12,7 +12,7 @@ import typer
 from prism.cli.common import emit_json, stderr_console
 from prism.cli.completion import complete_checkpoint
 from prism.cli.help_text import add_command, argument, group, option
-from prism.cli.options import ConfigOpt, JsonOpt, SetOpt
+from prism.cli.options import ConfigOpt, JsonOpt, SetOpt, WeightDtype, choice_value
 
 AllRunsOpt = Annotated[bool, option("--all", help="Every run under the output folder, "
                                     "not only the configured benchmark/method.")]
@@ -29,15 +29,16 @@ DstArg = Annotated[str, argument(metavar="DST", help="Output folder for the llav
 VisionTowerOpt = Annotated[Optional[str], option(
     "--vision-tower", help="CLIP tower folder or cached hub id; overrides the checkpoint's "
     "mm_vision_tower.", show_default=False)]
-ConvertDtypeOpt = Annotated[str, option("--dtype", help="Weight dtype to write: auto (the checkpoint's "
-                                        "own), float16, bfloat16 or float32.")]
+ConvertDtypeOpt = Annotated[WeightDtype, option(  # type: ignore[valid-type]
+    "--dtype", help="Weight dtype to write: auto (the checkpoint's own), float16, bfloat16 or float32.")]
 ToOpt = Annotated[str, option("--to", metavar="DIR", help="Folder to write (must not exist; see --force).",
                               show_default=False)]
 AdapterOnlyOpt = Annotated[bool, option("--adapter-only", help="Write one stock peft LoRA "
                                         "(adapter_model.safetensors + adapter_config.json) "
                                         "instead of a merged model.")]
-ExportDtypeOpt = Annotated[str, option("--dtype", help="Weight dtype to write: auto (the base model's; "
-                                       "adapters: float32), float32, float16 or bfloat16.")]
+ExportDtypeOpt = Annotated[WeightDtype, option(  # type: ignore[valid-type]
+    "--dtype", help="Weight dtype to write: auto (the base model's; adapters: float32), float32, float16 "
+    "or bfloat16.")]
 
 
 def _output_dir(config, set_) -> "tuple":
@@ -111,7 +112,8 @@ def inspect(name: NameArg, config: ConfigOpt = None, set_: SetOpt = None, json_:
                               hint=VERIFY_HINT.format(folder=folder))
 
 
-def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None, dtype: ConvertDtypeOpt = "auto",
+def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None,
+            dtype: ConvertDtypeOpt = WeightDtype("auto"),
             force: Annotated[bool, option("--force", help="Replace DST if it exists.")] = False,
             json_: JsonOpt = False) -> None:
     """Write an original LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b format) as a llava-hf folder.
@@ -122,7 +124,7 @@ def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None, dtype
     """
     from prism.backbones.llava_original import convert_checkpoint
 
-    record = convert_checkpoint(src, dst, vision_tower=vision_tower, dtype=dtype, force=force)
+    record = convert_checkpoint(src, dst, vision_tower=vision_tower, dtype=choice_value(dtype), force=force)
     if json_:
         emit_json(record)
     else:
@@ -131,7 +133,8 @@ def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None, dtype
 
 
 def export(
-    name: NameArg, to: ToOpt, adapter_only: AdapterOnlyOpt = False, dtype: ExportDtypeOpt = "auto",
+    name: NameArg, to: ToOpt, adapter_only: AdapterOnlyOpt = False,
+    dtype: ExportDtypeOpt = WeightDtype("auto"),
     force: Annotated[bool, option("--force", help="Replace DIR if it holds an earlier export "
                                   "(or is empty).")] = False,
     config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
@@ -152,7 +155,8 @@ def export(
     cfg = resolved.config
     candidates = list_checkpoints(output_dir, cfg.benchmark.id, cfg.method.id) or list_checkpoints(output_dir)
     folder = resolve_checkpoint(name, candidates)
-    record = export_checkpoint(resolved, folder, to, adapter_only=adapter_only, dtype=dtype, force=force)
+    record = export_checkpoint(resolved, folder, to, adapter_only=adapter_only, dtype=choice_value(dtype),
+                               force=force)
     if json_:
         emit_json(record)
         return

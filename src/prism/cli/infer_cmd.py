@@ -10,7 +10,7 @@ from prism.cli.common import emit_json, stderr_console
 from prism.cli.completion import complete_checkpoint
 from prism.cli.help_text import add_command, option
 from prism.cli.options import (BackboneOpt, BenchmarkOpt, ConfigOpt, InferPrecisionOpt, JsonOpt, MethodOpt,
-                               ModelOpt, OutputOpt, SetOpt, TasksOpt, run_flags)
+                               ModelOpt, OutputOpt, SetOpt, TasksOpt, choice_value, run_flags)
 
 CkptOpt = Annotated[Optional[list[str]], option("--ckpt", help="Only these checkpoints "
                     "(e.g. Task2_llava); default: every complete checkpoint of the run.",
@@ -42,7 +42,7 @@ def infer(
 
     flags = run_flags(tasks=tasks, method=method, backbone=backbone, model=model, benchmark=benchmark,
                       output_dir=output_dir)
-    flags["infer.precision"] = precision_flag(precision, load_8bit, load_4bit)
+    flags["infer.precision"] = precision_flag(choice_value(precision), load_8bit, load_4bit)
     resolved = load_config(config, sets=set_ or [], flags=flags)
     console = stderr_console()
     reporter = RichReporter(console)

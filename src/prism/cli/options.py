@@ -1,14 +1,18 @@
 """The options several commands share, each defined once (cheap to import: no torch).
 
 The run flags (--tasks, --method, ...) are shortcuts for config keys; :func:`run_flags`
-maps them to dotted keys for ``load_config(flags=...)``.
+maps them to dotted keys for ``load_config(flags=...)``. Precisions and dtypes are
+choices: a value outside them is a usage error (exit 2) before any config loads, and
+shell completion offers them.
 """
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+from prism.backbones.precision import INFER_PRECISIONS, TRAIN_PRECISIONS
 from prism.cli.completion import (complete_backbone, complete_benchmark, complete_method, complete_precision,
                                   complete_tasks)
 from prism.cli.help_text import option
@@ -63,10 +67,29 @@ def run_flags(*, tasks: Optional[str] = None, method: Optional[str] = None, back
             "benchmark.id": benchmark, "project.output_dir": output_dir, "project.seed": seed}
 
 
-TrainPrecisionOpt = Annotated[Optional[str], option(
+# -- choices -----------------------------------------------------------------------------------
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str enum whose members are ``values`` (typer turns it into a choice)."""
+    return Enum(name, [(value, value) for value in values], type=str)  # type: ignore[return-value]
+
+
+#: [backbone] train_precision (prism.config.schema accepts exactly these)
+TrainPrecision = _choices("TrainPrecision", TRAIN_PRECISIONS)
+#: [infer] precision: "auto" (as trained) or a train precision
+InferPrecision = _choices("InferPrecision", INFER_PRECISIONS)
+#: the dtypes `prism ckpt convert` and `prism ckpt export` write ("auto": the source's own)
+WeightDtype = _choices("WeightDtype", ("auto", "float32", "float16", "bfloat16"))
+
+
+def choice_value(value: Optional[Enum]) -> Optional[str]:
+    """The plain string of a choice (None stays None)."""
+    return None if value is None else str(value.value)
+
+
+TrainPrecisionOpt = Annotated[Optional[TrainPrecision], option(  # type: ignore[valid-type]
     "--train-precision", help="How to load and train the model ([backbone] train_precision): fp32, bf16, fp16, "
     "8bit or 4bit (bitsandbytes, QLoRA-style). Evaluation after each task uses the same model.",
     autocompletion=complete_precision, show_default=False)]
-InferPrecisionOpt = Annotated[Optional[str], option(
+InferPrecisionOpt = Annotated[Optional[InferPrecision], option(  # type: ignore[valid-type]
     "--precision", help="How to load the model ([infer] precision): auto (as trained), fp32, bf16, "
     "fp16, 8bit or 4bit.", autocompletion=complete_precision, show_default=False)]

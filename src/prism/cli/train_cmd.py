@@ -9,7 +9,7 @@ import typer
 from prism.cli.common import emit_json, stderr_console
 from prism.cli.help_text import add_command, option
 from prism.cli.options import (BackboneOpt, BenchmarkOpt, ConfigOpt, JsonOpt, MethodOpt, ModelOpt, OutputOpt,
-                               SeedOpt, SetOpt, TasksOpt, TrainPrecisionOpt, run_flags)
+                               SeedOpt, SetOpt, TasksOpt, TrainPrecisionOpt, choice_value, run_flags)
 
 RestartOpt = Annotated[bool, option("--restart", help="Discard this run's checkpoints, "
                                     "predictions and results and train from the first task.")]
@@ -43,7 +43,7 @@ def train(
 
     flags = run_flags(tasks=tasks, method=method, backbone=backbone, model=model, benchmark=benchmark,
                       output_dir=output_dir, seed=seed)
-    flags.update({"backbone.train_precision": train_precision, "distributed.nproc": nproc,
+    flags.update({"backbone.train_precision": choice_value(train_precision), "distributed.nproc": nproc,
                   "distributed.gpus": gpus})
     # every problem `prism config validate` reports, at once, before anything loads
     resolved = load_config(config, sets=set_ or [], flags=flags, check_run=True)
