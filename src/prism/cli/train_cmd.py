@@ -39,7 +39,6 @@ def train(
     from prism.config import load_config
     from prism.engine import launch
     from prism.engine.loop import train as run_training
-    from prism.engine.session import check_before_launch
 
     flags = run_flags(tasks=tasks, method=method, backbone=backbone, model=model, benchmark=benchmark,
                       output_dir=output_dir, seed=seed)
@@ -49,13 +48,9 @@ def train(
     resolved = load_config(config, sets=set_ or [], flags=flags, check_run=True)
     console = stderr_console()
     cfg = resolved.config
-    if launch.should_relaunch(cfg.distributed):
-        check_before_launch(resolved)  # before torchrun starts and the launch record is written
-        console.print(f"prism train: relaunching on {cfg.distributed.processes} "
-                      f"process{'es' if cfg.distributed.processes > 1 else ''} "
-                      f"({cfg.distributed.backend}) under torchrun")
-        raise typer.Exit(launch.relaunch(cfg.distributed, INVOCATION, resolved.project_dir,
-                                         launch.record_dir(resolved), sources=resolved.sources))
+    code = launch.relaunch_if_wanted(resolved, INVOCATION, announce=console.print)
+    if code is not None:  # the run under torchrun has ended
+        raise typer.Exit(code)
     if not launch.is_main_process():
         run_training(resolved, restart=restart)  # rank > 0: trains its shard, prints nothing
         return
