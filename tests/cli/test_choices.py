@@ -58,5 +58,5 @@ def test_completion_offers_the_choices(line, expected, tmp_path):
     cword = len(words) if line.endswith(" ") else len(words) - 1
     env = dict(os.environ, _PRISM_COMPLETE="complete_bash", COMP_WORDS=line, COMP_CWORD=str(cword))
     proc = subprocess.run([sys.executable, "-m", "prism"], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
+                          cwd=tmp_path, timeout=120, check=False)
     assert proc.stdout.split() == expected, proc.stderr

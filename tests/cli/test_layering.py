@@ -24,7 +24,7 @@ def test_nothing_below_the_cli_imports_it():
 
 def _python_m_prism(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "prism", *args], capture_output=True, text=True,
-                          env=dict(os.environ, **env), cwd=cwd, timeout=120)
+                          env=dict(os.environ, **env), cwd=cwd, timeout=120, check=False)
 
 
 def test_a_worker_runs_the_launchers_arguments(tmp_path):

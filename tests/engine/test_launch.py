@@ -30,7 +30,7 @@ def test_a_worker_torchrun_started_trains_here(monkeypatch):
 
 
 def test_several_processes_check_then_relaunch(monkeypatch):
-    import prism.engine.session as session
+    from prism.engine import session
 
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     calls = []

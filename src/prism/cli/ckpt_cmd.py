@@ -31,6 +31,7 @@ VisionTowerOpt = Annotated[Optional[str], option(
     "mm_vision_tower.", show_default=False)]
 ConvertDtypeOpt = Annotated[WeightDtype, option(  # type: ignore[valid-type]
     "--dtype", help="Weight dtype to write: auto (the checkpoint's own), float16, bfloat16 or float32.")]
+AUTO_DTYPE = WeightDtype("auto")
 ToOpt = Annotated[str, option("--to", metavar="DIR", help="Folder to write (must not exist; see --force).",
                               show_default=False)]
 AdapterOnlyOpt = Annotated[bool, option("--adapter-only", help="Write one stock peft LoRA "
@@ -113,7 +114,7 @@ def inspect(name: NameArg, config: ConfigOpt = None, set_: SetOpt = None, json_:
 
 
 def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None,
-            dtype: ConvertDtypeOpt = WeightDtype("auto"),
+            dtype: ConvertDtypeOpt = AUTO_DTYPE,
             force: Annotated[bool, option("--force", help="Replace DST if it exists.")] = False,
             json_: JsonOpt = False) -> None:
     """Write an original LLaVA-1.5 checkpoint (liuhaotian/llava-v1.5-7b format) as a llava-hf folder.
@@ -134,7 +135,7 @@ def convert(src: SrcArg, dst: DstArg, vision_tower: VisionTowerOpt = None,
 
 def export(
     name: NameArg, to: ToOpt, adapter_only: AdapterOnlyOpt = False,
-    dtype: ExportDtypeOpt = WeightDtype("auto"),
+    dtype: ExportDtypeOpt = AUTO_DTYPE,
     force: Annotated[bool, option("--force", help="Replace DIR if it holds an earlier export "
                                   "(or is empty).")] = False,
     config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,

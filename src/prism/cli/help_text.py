@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -29,12 +30,12 @@ def literal(text: str) -> str:
     return _TAG.sub(lambda m: m.group(1) * 2 + "\\" + m.group(2), text)
 
 
-def option(*names: str, help: str, **kwargs: Any) -> Any:  # noqa: A002 - typer's own keyword
+def option(*names: str, help: str, **kwargs: Any) -> Any:
     """``typer.Option`` whose help prints literally."""
     return typer.Option(*names, help=literal(help), **kwargs)
 
 
-def argument(*, help: str, **kwargs: Any) -> Any:  # noqa: A002 - typer's own keyword
+def argument(*, help: str, **kwargs: Any) -> Any:
     """``typer.Argument`` whose help prints literally."""
     return typer.Argument(help=literal(help), **kwargs)
 
@@ -61,7 +62,7 @@ def add_command(app: typer.Typer, name: str, function: Callable[..., Any], **kwa
     app.command(name, help=help_, epilog=epilog, **kwargs)(function)
 
 
-def group(help: str, **kwargs: Any) -> typer.Typer:  # noqa: A002 - typer's own keyword
+def group(help: str, **kwargs: Any) -> typer.Typer:
     """A command group whose help (summary, then an "Examples:" section) prints literally."""
     help_, epilog = command_help(help)
     return typer.Typer(help=help_, epilog=epilog, **kwargs)

@@ -7,7 +7,8 @@ have hyper-parameters to show.
 
 from __future__ import annotations
 
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 import typer
 
