@@ -106,7 +106,7 @@ def save(self, state):
         os._exit(3)
 
 step_checkpoint.StepCheckpointer.save = save
-from prism.engine.launch import worker_main
+from prism.__main__ import main as worker_main
 worker_main()
 '''
 
@@ -122,7 +122,7 @@ def test_zero3_step_checkpoint_resumes_to_the_uninterrupted_run(runs, tmp_path, 
     args = ["train", "--tasks", "0", *EWC_RUN[2:], *ZERO3, "--set", "train.save_every_steps=2"]
     driver = tmp_path / "driver.py"
     driver.write_text(STOP_DRIVER)
-    # prism's own torchrun command, with the driver in place of `-m prism.engine.launch`
+    # prism's own torchrun command, with the driver in place of `-m prism`
     distributed = DistributedConfig(nproc=2, backend="deepspeed", deepspeed_config="zero3")
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_EXTENSIONS_DIR=str(torch_extensions_dir()),
                PRISM_TEST_STOP_STEP="2", COLUMNS="200")

@@ -13,12 +13,17 @@ import sys
 import typer
 
 from prism import __version__
+from prism.cli.help_text import command_help
 from prism.errors import PrismError
 
+_HELP, _EPILOG = command_help(
+    "Multimodal continual instruction tuning: train a vision-language model on a sequence "
+    "of tasks with a continual-learning method, and get the full accuracy matrix.\n\n"
+    "Examples:\n  prism init demo && cd demo && prism train\n  prism eval compare ft_lora ewc")
 app = typer.Typer(
     name="prism",
-    help="Multimodal continual instruction tuning: train a vision-language model on a sequence "
-    "of tasks with a continual-learning method, and get the full accuracy matrix.",
+    help=_HELP,
+    epilog=_EPILOG,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,

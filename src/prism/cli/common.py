@@ -1,32 +1,17 @@
-"""Options and helpers shared by the command modules (cheap to import)."""
+"""Helpers shared by the command modules (cheap to import); the shared options are in options.py."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
-
-import typer
+from typing import Any
 
 from prism.config.discovery import CONFIG_FILE_NAME, find_config  # noqa: F401 - commands read the name here
 
 #: the arguments prism was started with (after the program name): `prism train` on several
 #: processes relaunches itself with exactly these
 INVOCATION: list[str] = []
-
-ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="prism.toml to use (default: $PRISM_CONFIG, else the nearest "
-                 "prism.toml in this or a parent folder).", show_default=False),
-]
-SetOpt = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", "-s", help="Override a config value: KEY=VALUE, the value parsed as TOML "
-                 "(e.g. --set train.lr=1e-4 --set 'benchmark.tasks=[0,2]'). Repeatable.",
-                 show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 
 
 def find_config_file(start: Path | None = None) -> Path | None:

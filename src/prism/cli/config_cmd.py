@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Optional
 
 import typer
 
-from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
-from prism.cli.completion import complete_method
-
-MethodOpt = Annotated[
-    Optional[str],
-    typer.Option("--method", "-m", help="Method id (overrides method.id).", show_default=False,
-                 autocompletion=complete_method),
-]
-
-config_app = typer.Typer(
-    name="config",
-    help="Show or validate the resolved configuration (prism.toml + env + --set + flags).",
-    no_args_is_help=True,
-)
+from prism.cli.common import emit_json, stderr_console
+from prism.cli.help_text import add_command, group
+from prism.cli.options import ConfigOpt, JsonOpt, SetOpt, ShowMethodOpt
 
 
 def _load(config: Optional[Path], sets: Optional[list[str]], method: Optional[str]):
@@ -37,10 +26,14 @@ def _load(config: Optional[Path], sets: Optional[list[str]], method: Optional[st
         return load_config(config, sets=sets, flags=flags, validate_method=False)
 
 
-@config_app.command("show")
-def show(config: ConfigOpt = None, set_: SetOpt = None, method: MethodOpt = None,
+def show(config: ConfigOpt = None, set_: SetOpt = None, method: ShowMethodOpt = None,
          json_: JsonOpt = False) -> None:
-    """Print every resolved setting with its source (table on stderr, or --json on stdout)."""
+    """Print every resolved setting with its source (table on stderr, or --json on stdout).
+
+    Examples:
+      prism config show
+      prism config show --method ewc --set train.lr=1e-4 --json
+    """
     resolved = _load(config, set_, method)
     if json_:
         emit_json({
@@ -84,8 +77,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-@config_app.command("validate")
-def validate(config: ConfigOpt = None, set_: SetOpt = None, method: MethodOpt = None,
+def validate(config: ConfigOpt = None, set_: SetOpt = None, method: ShowMethodOpt = None,
              json_: JsonOpt = False) -> None:
     """Check everything `prism train` checks before it starts; exit 2 listing every problem.
 
@@ -93,6 +85,10 @@ def validate(config: ConfigOpt = None, set_: SetOpt = None, method: MethodOpt = 
     [benchmark] tasks and [train.overrides."<task>"] against the benchmark's tasks; [train]
     report_to trackers; the target_modules regex; local model and routing-tower folders and
     the data folder. Hub ids are not downloaded (listed as not checked).
+
+    Examples:
+      prism config validate
+      prism config validate -c experiments/prism.toml --method ewc
     """
     from prism.config import load_config
 
@@ -108,4 +104,8 @@ def validate(config: ConfigOpt = None, set_: SetOpt = None, method: MethodOpt = 
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(config_app, name="config")
+    config = group("Show or validate the resolved configuration (prism.toml + env + --set + flags).\n\n"
+                   "Examples:\n  prism config show\n  prism config validate --method ewc", no_args_is_help=True)
+    add_command(config, "show", show)
+    add_command(config, "validate", validate)
+    app.add_typer(config, name="config")

@@ -8,40 +8,32 @@ training and evaluation then check images against.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
-from prism.cli.completion import complete_benchmark, complete_tasks
+from prism.cli.common import emit_json, stderr_console
+from prism.cli.help_text import add_command, group, option
+from prism.cli.options import CheckBenchmarkOpt, CheckTasksOpt, ConfigOpt, JsonOpt, SetOpt
 
-data_app = typer.Typer(
-    name="data",
-    help="Check a benchmark's data: files, records, images, ids and caption ground truth.",
-    no_args_is_help=True,
-)
-
-BenchmarkOpt = Annotated[Optional[str], typer.Option(
-    "--benchmark", "-b", help="Benchmark id (overrides benchmark.id): ucit, coin, trigap, synthetic.",
-    show_default=False, autocompletion=complete_benchmark)]
-TasksOpt = Annotated[Optional[str], typer.Option(
-    "--tasks", "-t", help="Tasks to check, by index or name: '0-4', '0,2', 'IconQA,Flickr30k'. "
-    "Default: benchmark.tasks, else all.", show_default=False,
-    autocompletion=complete_tasks)]
-NoImagesOpt = Annotated[bool, typer.Option(
+NoImagesOpt = Annotated[bool, option(
     "--no-images", help="Check the annotation files only; do not open image files (much faster).")]
-MaxExamplesOpt = Annotated[int, typer.Option(
+MaxExamplesOpt = Annotated[int, option(
     "--max-examples", min=1, help="How many examples to list per problem kind.")]
-WriteManifestOpt = Annotated[bool, typer.Option(
+WriteManifestOpt = Annotated[bool, option(
     "--write-manifest", help="Record the sha256 and size of every image the checked records reference "
     "in <root>/prism_images.sha256 (written only when the check finds no problem).")]
 
 
-@data_app.command("check")
-def check(benchmark: BenchmarkOpt = None, tasks: TasksOpt = None, config: ConfigOpt = None,
+def check(benchmark: CheckBenchmarkOpt = None, tasks: CheckTasksOpt = None, config: ConfigOpt = None,
           set_: SetOpt = None, no_images: NoImagesOpt = False, max_examples: MaxExamplesOpt = 10,
           write_manifest: WriteManifestOpt = False, json_: JsonOpt = False) -> None:
-    """Validate the selected tasks' training and test files, their images and caption ground truth."""
+    """Validate the selected tasks' training and test files, their images and caption ground truth.
+
+    Examples:
+      prism data check --no-images
+      prism data check -b ucit --tasks 0,2 --write-manifest
+    """
     from prism.config import load_config, task_selection
     from prism.plugins import registry
 
@@ -107,4 +99,7 @@ class _progress:
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(data_app, name="data")
+    data = group("Check a benchmark's data: files, records, images, ids and caption ground truth.\n\n"
+                 "Examples:\n  prism data check\n  prism data check -b ucit --no-images", no_args_is_help=True)
+    add_command(data, "check", check)
+    app.add_typer(data, name="data")

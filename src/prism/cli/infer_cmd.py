@@ -6,47 +6,53 @@ from typing import Annotated, Optional
 
 import typer
 
-from prism.cli.common import ConfigOpt, JsonOpt, SetOpt, emit_json, stderr_console
-from prism.cli.completion import complete_checkpoint, complete_precision
-from prism.cli.train_cmd import BackboneOpt, BenchmarkOpt, MethodOpt, ModelOpt, OutputOpt, TasksOpt, run_flags
+from prism.cli.common import emit_json, stderr_console
+from prism.cli.completion import complete_checkpoint
+from prism.cli.help_text import add_command, option
+from prism.cli.options import (BackboneOpt, BenchmarkOpt, ConfigOpt, InferPrecisionOpt, JsonOpt, MethodOpt,
+                               ModelOpt, OutputOpt, SetOpt, TasksOpt, choice_value, run_flags)
+
+CkptOpt = Annotated[Optional[list[str]], option("--ckpt", help="Only these checkpoints "
+                    "(e.g. Task2_llava); default: every complete checkpoint of the run.",
+                    autocompletion=complete_checkpoint)]
+Load8bitOpt = Annotated[bool, option("--load-8bit", help="Same as --precision 8bit (bitsandbytes).")]
+Load4bitOpt = Annotated[bool, option("--load-4bit", help="Same as --precision 4bit (bitsandbytes NF4).")]
+NoVerifyOpt = Annotated[bool, option("--no-verify", help="Skip the sha256 hashes of the checkpoints "
+                                     "(sizes and the manifest's listing are still checked).")]
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("infer")
-    def infer(
-        ckpt: Annotated[Optional[list[str]], typer.Option("--ckpt", help="Only these checkpoints "
-                        "(e.g. Task2_llava); default: every complete checkpoint of the run.",
-                        autocompletion=complete_checkpoint)] = None,
-        tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
-        benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None,
-        precision: Annotated[Optional[str], typer.Option(
-            "--precision", help="How to load the model (\\[infer] precision): auto (as trained), fp32, bf16, "
-            "fp16, 8bit or 4bit.", autocompletion=complete_precision, show_default=False)] = None,
-        load_8bit: Annotated[bool, typer.Option("--load-8bit", help="Same as --precision 8bit (bitsandbytes).")] = False,
-        load_4bit: Annotated[bool, typer.Option("--load-4bit", help="Same as --precision 4bit (bitsandbytes NF4).")] = False,
-        no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip the sha256 hashes of the checkpoints "
-                                                "(sizes and the manifest's listing are still checked).")] = False,
-        config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
-    ) -> None:
-        """Verify each checkpoint, load the base model once, swap in each checkpoint's adapters, and predict
-        every task it has seen."""
-        from prism.cli.progress import RichReporter
-        from prism.cli.results import print_matrix, result_json
-        from prism.config import load_config
-        from prism.engine.infer import infer as run_infer
+def infer(
+    ckpt: CkptOpt = None,
+    tasks: TasksOpt = None, method: MethodOpt = None, backbone: BackboneOpt = None, model: ModelOpt = None,
+    benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, precision: InferPrecisionOpt = None,
+    load_8bit: Load8bitOpt = False, load_4bit: Load4bitOpt = False, no_verify: NoVerifyOpt = False,
+    config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
+) -> None:
+    """Verify each checkpoint, load the base model once, swap in each checkpoint's adapters, and predict
+    every task it has seen.
 
-        flags = run_flags(tasks, method, backbone, model, benchmark, output_dir, None)
-        flags["infer.precision"] = precision_flag(precision, load_8bit, load_4bit)
-        resolved = load_config(config, sets=set_ or [], flags=flags)
-        console = stderr_console()
-        reporter = RichReporter(console)
-        try:
-            layout, matrix, summary = run_infer(resolved, only=ckpt, reporter=reporter, hashes=not no_verify)
-        finally:
-            reporter.close()
-        print_matrix(console, matrix, summary, title=f"{layout.method} on {layout.benchmark}")
-        if json_:
-            emit_json(result_json(layout, matrix, summary))
+    Examples:
+      prism infer
+      prism infer --ckpt Task1_llava --load-4bit
+    """
+    from prism.cli.progress import RichReporter
+    from prism.cli.results import print_matrix, result_json
+    from prism.config import load_config
+    from prism.engine.infer import infer as run_infer
+
+    flags = run_flags(tasks=tasks, method=method, backbone=backbone, model=model, benchmark=benchmark,
+                      output_dir=output_dir)
+    flags["infer.precision"] = precision_flag(choice_value(precision), load_8bit, load_4bit)
+    resolved = load_config(config, sets=set_ or [], flags=flags)
+    console = stderr_console()
+    reporter = RichReporter(console)
+    try:
+        layout, matrix, summary = run_infer(resolved, only=ckpt, reporter=reporter, hashes=not no_verify)
+    finally:
+        reporter.close()
+    print_matrix(console, matrix, summary, title=f"{layout.method} on {layout.benchmark}")
+    if json_:
+        emit_json(result_json(layout, matrix, summary))
 
 
 def precision_flag(precision: str | None, load_8bit: bool, load_4bit: bool) -> str | None:
@@ -58,3 +64,7 @@ def precision_flag(precision: str | None, load_8bit: bool, load_4bit: bool) -> s
     if len(set(given.values())) > 1:
         raise UsageError(f"{' and '.join(given)} ask for different precisions; give one")
     return next(iter(given.values()), None)
+
+
+def register(app: typer.Typer) -> None:
+    add_command(app, "infer", infer)

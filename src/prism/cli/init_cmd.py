@@ -8,17 +8,23 @@ from typing import Annotated
 import typer
 
 from prism.cli.common import CONFIG_FILE_NAME, stderr_console
+from prism.cli.help_text import add_command, argument, option
 
 DirArg = Annotated[
     Path,
-    typer.Argument(help="Project folder to write prism.toml into (created if missing).",
-                   show_default="the current folder"),
+    argument(help="Project folder to write prism.toml into (created if missing).",
+             show_default="the current folder"),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", "-f", help="Overwrite an existing prism.toml.")]
+ForceOpt = Annotated[bool, option("--force", "-f", help="Overwrite an existing prism.toml.")]
 
 
 def init(directory: DirArg = Path("."), force: ForceOpt = False) -> None:
-    """Write an annotated prism.toml (the CPU demo: tiny LLaVA, synthetic benchmark, LoRA)."""
+    """Write an annotated prism.toml (the CPU demo: tiny LLaVA, synthetic benchmark, LoRA).
+
+    Examples:
+      prism init demo
+      prism init --force
+    """
     from prism.config.template import default_toml_text
     from prism.config.toml_io import atomic_write_text
     from prism.errors import UsageError
@@ -44,4 +50,4 @@ def init(directory: DirArg = Path("."), force: ForceOpt = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("init")(init)
+    add_command(app, "init", init)

@@ -7,20 +7,26 @@ have hyper-parameters to show.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
+from prism.cli.common import emit_json, project_dir_for_plugins, stderr_console
 from prism.cli.completion import complete_backbone
-
-from prism.cli.common import JsonOpt, emit_json, project_dir_for_plugins, stderr_console
+from prism.cli.help_text import add_command, argument, group
+from prism.cli.options import JsonOpt
 
 #: kind -> help of its command group
 GROUPS: dict[str, str] = {
-    "benchmark": "Benchmarks (task sequences): built-in and installed plugins.",
-    "backbone": "Backbones (model families): built-in and installed plugins.",
-    "metric": "Per-task metrics: built-in and installed plugins.",
+    "benchmark": "Benchmarks (task sequences): built-in and installed plugins.\n\n"
+                 "Examples:\n  prism benchmarks list\n  prism data check -b ucit",
+    "backbone": "Backbones (model families): built-in and installed plugins.\n\n"
+                "Examples:\n  prism backbones list\n  prism backbones show llava",
+    "metric": "Per-task metrics: built-in and installed plugins.\n\n"
+              "Examples:\n  prism metrics list\n  prism eval score predictions.jsonl --metric vqa_accuracy",
 }
+BackboneIdArg = Annotated[str, argument(help="Backbone id, e.g. llava.", autocompletion=complete_backbone)]
 
 
 def list_entries(kind: str, json_: bool) -> None:
@@ -42,29 +48,51 @@ def list_entries(kind: str, json_: bool) -> None:
     stderr_console().print(table)
 
 
-def _group(kind: str) -> typer.Typer:
-    group = typer.Typer(help=GROUPS[kind], no_args_is_help=True)
+def list_benchmarks(json_: JsonOpt = False) -> None:
+    """Every registered benchmark: id, summary and who provides it.
 
-    @group.command("list", help=f"Every registered {kind}: id, summary and who provides it.")
-    def list_(json_: JsonOpt = False) -> None:
-        list_entries(kind, json_)
+    Examples:
+      prism benchmarks list
+      prism benchmarks list --json
+    """
+    list_entries("benchmark", json_)
 
-    if kind == "backbone":
-        @group.command("show")
-        def show(backbone_id: Annotated[str, typer.Argument(help="Backbone id, e.g. llava.",
-                                                            autocompletion=complete_backbone)],
-                 json_: JsonOpt = False) -> None:
-            """What a backbone loads and accepts, its target-module presets, and the precisions and
-            attention implementations this machine can use."""
-            from prism.backbones.describe import describe_backbone  # imports torch: only here
 
-            info = describe_backbone(backbone_id, project_dir_for_plugins())
-            if json_:
-                emit_json(info)
-            else:
-                print_backbone(info)
+def list_backbones(json_: JsonOpt = False) -> None:
+    """Every registered backbone: id, summary and who provides it.
 
-    return group
+    Examples:
+      prism backbones list
+      prism backbones list --json
+    """
+    list_entries("backbone", json_)
+
+
+def list_metrics(json_: JsonOpt = False) -> None:
+    """Every registered metric: id, summary and who provides it.
+
+    Examples:
+      prism metrics list
+      prism metrics list --json
+    """
+    list_entries("metric", json_)
+
+
+def show_backbone(backbone_id: BackboneIdArg, json_: JsonOpt = False) -> None:
+    """What a backbone loads and accepts, its target-module presets, and the precisions and
+    attention implementations this machine can use.
+
+    Examples:
+      prism backbones show llava
+      prism backbones show internvl --json
+    """
+    from prism.backbones.describe import describe_backbone  # imports torch: only here
+
+    info = describe_backbone(backbone_id, project_dir_for_plugins())
+    if json_:
+        emit_json(info)
+    else:
+        print_backbone(info)
 
 
 def print_backbone(info: dict) -> None:
@@ -106,6 +134,17 @@ def print_backbone(info: dict) -> None:
     console.print(f"routing features: {escape(info['routing_tower'])}", highlight=False)
 
 
+#: kind -> its group's commands, in the order `prism <kind>s --help` lists them
+COMMANDS: dict[str, dict[str, Callable[..., None]]] = {
+    "benchmark": {"list": list_benchmarks},
+    "backbone": {"list": list_backbones, "show": show_backbone},
+    "metric": {"list": list_metrics},
+}
+
+
 def register(app: typer.Typer) -> None:
-    for kind in GROUPS:
-        app.add_typer(_group(kind), name=f"{kind}s")
+    for kind, help_ in GROUPS.items():
+        kind_group = group(help_, no_args_is_help=True)
+        for name, function in COMMANDS[kind].items():
+            add_command(kind_group, name, function)
+        app.add_typer(kind_group, name=f"{kind}s")

@@ -8,6 +8,9 @@ OMP_NUM_THREADS and oversubscribes small machines) is used for DDP and
 DeepSpeed alike (DeepSpeed even for one process: it needs the rendezvous
 environment torchrun sets); accelerate then picks up the environment it sets.
 The exact command and environment are written next to the run's results.
+
+Each worker runs ``python -m prism`` (prism/__main__.py), which reads the original
+arguments from PRISM_WORKER_ARGV: the engine never imports the command line.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from prism.errors import ConfigError
 
@@ -36,6 +40,25 @@ def should_relaunch(distributed: Any, env: Mapping[str, str] | None = None) -> b
     env = os.environ if env is None else env
     wanted = distributed.processes > 1 or distributed.backend == "deepspeed"
     return wanted and "LOCAL_RANK" not in env
+
+
+def relaunch_if_wanted(resolved: Any, argv: list[str], announce: Callable[[str], Any]) -> int | None:
+    """``prism <argv>`` on the processes ``[distributed]`` asks for: the exit code of the run under
+    torchrun, or None when this process trains (one process, or a worker torchrun started).
+
+    Everything a run checks before it starts is checked before torchrun starts, so a run that
+    cannot start leaves no launch record.
+    """
+    distributed = resolved.config.distributed
+    if not should_relaunch(distributed):
+        return None
+    from prism.engine.session import check_before_launch
+
+    check_before_launch(resolved)
+    count = distributed.processes
+    announce(f"prism train: relaunching on {count} process{'es' if count > 1 else ''} "
+             f"({distributed.backend}) under torchrun")
+    return relaunch(distributed, argv, resolved.project_dir, record_dir(resolved), sources=resolved.sources)
 
 
 def launch_command(distributed: Any, argv: list[str], project_dir: Path,
@@ -65,7 +88,7 @@ def launch_command(distributed: Any, argv: list[str], project_dir: Path,
     env[ARGV_ENV] = json.dumps(list(argv))
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
                f"--nproc_per_node={distributed.processes}", f"--master_port={port}",
-               "-m", "prism.engine.launch"]
+               "-m", "prism"]
     return command, env
 
 
@@ -113,13 +136,3 @@ def _exit_code(code: int) -> int:
     """torchrun reports a worker's failure as 1; a signal as a negative number."""
     return 128 - code if code < 0 else code
 
-
-def worker_main() -> None:
-    """What each process torchrun starts runs: `prism <the original arguments>`."""
-    from prism.cli.app import main
-
-    main(json.loads(os.environ[ARGV_ENV]))
-
-
-if __name__ == "__main__":
-    worker_main()
