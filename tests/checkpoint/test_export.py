@@ -72,7 +72,7 @@ def exports(runs, tmp_path_factory):
 # -- helpers: prism's own model and inputs ------------------------------------------------------------
 def prism_model(resolved, checkpoint: Path):
     """The model `prism infer` answers with for ``checkpoint`` (base + adapters swapped in)."""
-    from prism.engine.loop import restore_checkpoint
+    from prism.engine.task_checkpoints import restore_checkpoint
     from prism.engine.session import build_method, load_backbone, plan_run
     from prism.methods.base import TaskContext
 

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from prism.engine.data_stream import DataStream
-from prism.engine.loop import report_to, train
+from prism.engine.accelerator import report_to
+from prism.engine.loop import train
 from prism.errors import ConfigError, UsageError
 
 from .conftest import resolve

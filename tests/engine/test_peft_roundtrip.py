@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from prism.engine.loop import restore_checkpoint, train
+from prism.engine.loop import train
+from prism.engine.task_checkpoints import restore_checkpoint
 from prism.engine.session import build_method, load_backbone, plan_run
 
 from .conftest import resolve

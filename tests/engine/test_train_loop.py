@@ -150,7 +150,7 @@ def test_failing_restart_leaves_every_output_file_unchanged(run_copy, monkeypatc
 def test_restart_keeps_the_launch_record_of_the_launch_that_restarts(tmp_path, monkeypatch, relaunched):
     """prism's launcher writes results/.../launch.json, then rank 0 clears the run for --restart."""
     from prism.checkpoint.layout import RunLayout
-    from prism.engine.loop import _clear_run
+    from prism.engine.task_checkpoints import clear_run as _clear_run
 
     layout = RunLayout(tmp_path, "synthetic", "ft_lora", "llava")
     for folder in (layout.checkpoint(0), layout.predictions(0), layout.results_dir):

@@ -111,7 +111,7 @@ def load_checkpoint(resolved: Any, checkpoint: Path, state: dict[str, Any], meth
     """(backbone, method) with the checkpoint restored, on the CPU in fp32."""
     from pydantic import ValidationError
 
-    from prism.engine.loop import restore_checkpoint
+    from prism.engine.task_checkpoints import restore_checkpoint
     from prism.engine.session import load_backbone, plan_run, quiet_libraries
 
     quiet_libraries()

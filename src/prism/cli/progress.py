@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from prism.engine.loop import Reporter
+from prism.engine.reporter import Reporter
 
 
 class RichReporter(Reporter):

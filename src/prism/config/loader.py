@@ -52,10 +52,14 @@ __all__ = ["CONFIG_FILE_NAME", "HASH_EXCLUDED", "RESOLVED_FILE_NAME", "ResolvedC
 
 RESOLVED_FILE_NAME = "config.resolved.toml"
 
-#: Settings that do not change what a run computes, so they stay out of ``hash()``.
-HASH_EXCLUDED = ("infer.batch_size", "train.log_every", "train.save_every_steps", "train.report_to",
-                 "project.name", "project.output_dir", "benchmark.root", "distributed.nproc",
-                 "distributed.gpus", "distributed.master_port")
+#: Settings that do not change what a task's checkpoint holds, so they stay out of the run
+#: fingerprint (``ResolvedConfig.hash``): which tasks run, where files go, how fast and how
+#: often things are logged, saved or evaluated.
+HASH_EXCLUDED = ("benchmark.tasks", "infer.batch_size", "infer.precision", "train.log_every",
+                 "train.save_every_steps", "train.report_to", "project.name", "project.output_dir",
+                 "benchmark.root", "benchmark.max_test_samples", "train.eval_after_each_task",
+                 "distributed.nproc", "distributed.gpus", "distributed.master_port", "train.num_workers",
+                 "benchmark.verify_images")
 
 
 
@@ -112,23 +116,35 @@ class ResolvedConfig:
         """The resolved config as a prism.toml that ``load_config`` accepts back."""
         where = str(self.config_path) if self.config_path else "built-in defaults"
         header = (f"Resolved by prism {__version__} from {where}.\n"
-                  f"Config hash: {self.hash()}")
+                  f"Run fingerprint (config_hash in each checkpoint's prism_state.json): {self.hash()}")
         return dumps(self.to_dict(), header=header)
 
     def hash(self) -> str:
-        """sha256 over everything that can change results (see ``HASH_EXCLUDED``)."""
+        """The run fingerprint: 16 hex digits of sha256 over what changes a task's checkpoint.
+
+        The one definition: config.resolved.toml shows it, every checkpoint's prism_state.json
+        records it, and a rerun continues only from checkpoints that carry it. Settings in
+        ``HASH_EXCLUDED`` and unset (None) ones are left out, so a newer prism that adds an
+        optional setting still recognises the checkpoints of an older run.
+        """
         data = self.to_dict()
         for dotted in HASH_EXCLUDED:
             table, key = dotted.split(".")
             data.get(table, {}).pop(key, None)
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        canonical = json.dumps(_without_none(data), sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def save(self, folder: Path | str) -> Path:
         """Write ``config.resolved.toml`` into ``folder`` atomically; returns its path."""
         path = Path(folder) / RESOLVED_FILE_NAME
         write_file_atomic(path, self.to_toml())
         return path
+
+
+def _without_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_none(v) for k, v in obj.items() if v is not None}
+    return obj
 
 
 def discover_config(config_path: Path | str | None = None, *, cwd: Path | None = None,

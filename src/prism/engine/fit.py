@@ -1,10 +1,9 @@
 """The step loop for one task, on HF accelerate.
 
 accelerate owns devices, mixed precision and DDP/DeepSpeed wrapping; prism only
-decides what a step is: the method's loss on a batch of the task. Under DeepSpeed
-(``prism.engine.zero``) the same loop drives the engine: the loss is computed
-inside the engine's forward and ``accelerator.backward`` steps it at the end of
-prism's accumulation.
+decides what a step is: the method's loss on a batch of the task. How a micro-batch's
+forward and backward run (plain/DDP or inside a DeepSpeed engine) is the step
+backend's business (``prism.engine.step_backend``); this loop has no backend branches.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ from prism.engine.data_loader import MicroBatchLoader, resolve_num_workers
 from prism.engine.data_stream import DataStream
 from prism.engine.interrupt import Interrupted, deferred_interrupt
 from prism.engine.metrics_log import MetricsLog
-from prism.engine.seeding import capture_rng, restore_rng
+from prism.engine.seeding import capture_rng
+from prism.engine.step_backend import step_backend
 from prism.engine.step_checkpoint import FitState, StepCheckpointer
 from prism.errors import CheckpointError, ConfigError
 from prism.methods.base import FitHandle, Method, TaskContext
@@ -77,8 +77,8 @@ class TaskFitter(FitHandle):
         self.tasks_in_step = tasks_in_step
         #: optimizer steps taken by earlier tasks of the run (a rising step axis for trackers)
         self.step_offset = step_offset
-        #: prism.engine.zero.DeepSpeedRun when [distributed] backend = "deepspeed", else None
-        self.deepspeed = deepspeed
+        #: how a step runs: plain/DDP, or in a DeepSpeed engine (``deepspeed``: a prism.engine.zero.DeepSpeedRun)
+        self.backend = step_backend(accelerator, deepspeed)
         #: (micro batch, processes, accumulation, global micro-batches consumed) of the last fit
         self._served: tuple[int, int, int, int] | None = None
 
@@ -135,16 +135,12 @@ class TaskFitter(FitHandle):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # the scheduler stays ours: accelerate would step it once per process, since its
         # batches are per device; prism's step already means one global batch
-        ds = self.deepspeed
-        if ds is None:
-            model, optimizer = self.accelerator.prepare(self.model, optimizer)
-        else:
-            ds.configure(self.model, micro_batch=micro, accumulation=accumulation, max_grad_norm=cfg.max_grad_norm)
-            ds.before_prepare()
-            model, optimizer = self.accelerator.prepare(ds.loss_module(self.model, self.method, task), optimizer)
-            if resume is not None:
-                ds.restore(named, resume.trainable, optimizer, resume.optimizer)
-                restore_rng(*resume.rng[self.accelerator.process_index])
+        backend = self.backend
+        model, optimizer = backend.prepare(self.model, optimizer, method=self.method, task=task, micro_batch=micro,
+                                           accumulation=accumulation, max_grad_norm=cfg.max_grad_norm)
+        if resume is not None:
+            backend.restore_after_prepare(named, resume.trainable, optimizer, resume.optimizer,
+                                          resume.rng[self.accelerator.process_index])
         model.train()
         cuda = torch.device(self.device).type == "cuda"
         loader = MicroBatchLoader(stream, num_workers=resolve_num_workers(getattr(cfg, "num_workers", None), world,
@@ -166,21 +162,11 @@ class TaskFitter(FitHandle):
                     weights = self._token_weights(micro_batches)
                     for position, (batch, weight) in enumerate(zip(micro_batches, weights)):
                         batch = batch.to(self.device)
-                        if ds is None:
-                            self.method.before_forward(batch, training=True)
-                            outputs = model(**batch.model_inputs())
-                            loss = self.method.loss(task, batch, outputs) * weight
-                            self.accelerator.backward(loss)
-                        else:
-                            loss = model(batch) * weight
-                            # the engine steps after the step's last micro-batch; the token weights
-                            # already divide by the accumulation, so DeepSpeed must not again
-                            self.accelerator.sync_gradients = position == len(micro_batches) - 1
-                            self.accelerator.backward(loss, scale_wrt_gas=False)
+                        loss = backend.micro_step(model, self.method, task, batch, weight,
+                                                  last=position == len(micro_batches) - 1)
                         step_loss += float(loss.detach())
                         result.samples += len(batch.records) * world
-                    if ds is not None:
-                        self.accelerator.sync_gradients = True
+                    backend.end_micro_steps()
                     grad_norm = None
                     if cfg.max_grad_norm:
                         # DeepSpeed: clipped inside the engine's step; this only reads the norm
@@ -201,8 +187,7 @@ class TaskFitter(FitHandle):
         result.seconds = time.perf_counter() - started
         self._served = (micro, world, accumulation, result.steps * accumulation * world)
         model.eval()
-        if ds is not None:
-            ds.after_fit(self.model)  # engine destroyed; ZeRO-3: parameters gathered until the next fit
+        backend.after_fit(self.model)
         return result
 
     def _trainable_named(self) -> dict[str, torch.nn.Parameter]:
@@ -219,13 +204,8 @@ class TaskFitter(FitHandle):
     def _state(self, result: FitResult, steps: int, named: dict[str, torch.nn.Parameter], optimizer: Any,
                scheduler: Any, stream: DataStream) -> FitState:
         """The step loop's state; every rank calls this (DeepSpeed gathers shards, RNGs are gathered)."""
-        if self.deepspeed is None:
-            trainable = {n: p.detach().clone() for n, p in named.items()}
-            optimizer_state, engine = optimizer.state_dict(), None
-        else:
-            trainable = self.deepspeed.full_trainable(named)
-            optimizer_state = self.deepspeed.optimizer_shards(optimizer)
-            engine = self.deepspeed.engine_info()
+        trainable = self.backend.trainable_state(named)
+        optimizer_state, engine = self.backend.optimizer_state(optimizer), self.backend.engine_info()
         return FitState(step=result.steps, steps=steps, samples=result.samples, losses=list(result.losses),
                         trainable=trainable, optimizer=optimizer_state, scheduler=scheduler.state_dict(),
                         data=stream.state(), rng=self._rng_of_every_rank(), engine=engine)
@@ -270,7 +250,7 @@ class TaskFitter(FitHandle):
                 f"the step checkpoint does not fit this task: {state.steps} steps and "
                 f"{len(state.trainable)} trainable tensors saved, {steps} and {len(named)} now",
                 hint="pass --restart, or delete the steps/ folder of this run to redo the task")
-        mine = self.deepspeed.engine_info() if self.deepspeed is not None else None
+        mine = self.backend.engine_info()
         if state.engine != mine:
             raise CheckpointError(
                 f"the step checkpoint's optimizer state was written by {_engine_name(state.engine)}, "
@@ -285,10 +265,8 @@ class TaskFitter(FitHandle):
                 param.copy_(state.trainable[name].to(param.device, param.dtype))
         scheduler.load_state_dict(state.scheduler)
         stream.restore(*state.data)
-        if self.deepspeed is None:
-            optimizer.load_state_dict(state.optimizer)
-            restore_rng(*state.rng[self.accelerator.process_index])
         # DeepSpeed: the optimizer partitions and the RNG are restored once the engine exists
+        self.backend.restore_before_prepare(optimizer, state.optimizer, state.rng[self.accelerator.process_index])
         result.steps, result.samples, result.losses = state.step, state.samples, list(state.losses)
 
     def _param_groups(self, params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from prism.checkpoint import store
-from prism.engine.loop import (Reporter, _load_or_new_matrix, _write_summary, evaluate_row,
-                               restore_checkpoint)
+from prism.engine.evaluate import evaluate_row, load_or_new_matrix, write_summary
+from prism.engine.reporter import Reporter
+from prism.engine.task_checkpoints import restore_checkpoint
 from prism.engine.session import build_method, load_backbone, plan_run, quiet_libraries
 from prism.errors import CheckpointError
 
@@ -47,10 +48,10 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
     backbone = load_backbone(plan, purpose="infer")  # at [infer] precision
     method = build_method(plan)
     method.attach(backbone)
-    matrix = _load_or_new_matrix(layout, plan)
+    matrix = load_or_new_matrix(layout, [t.name for t in plan.sequence])
     for position in positions:
         # hashed above; sizes and the method's own needs (its adapters) are checked again here
         restore_checkpoint(method, layout.checkpoint(plan.indices[position]), hashes=False, **identity)
         evaluate_row(plan, backbone, method, root, position, matrix, reporter)
-    summary = _write_summary(layout, matrix, joint=bool(method.joint))
+    summary = write_summary(layout, matrix, joint=bool(method.joint))
     return layout, matrix, summary

@@ -1,30 +1,32 @@
 """The task loop: for each task, begin -> fit -> end -> save -> evaluate seen tasks -> record.
 
-Plain and readable on purpose. Finished tasks (a complete checkpoint with the
-same config fingerprint and task history) are skipped, so rerunning `prism
-train` after a crash continues where it stopped.
+Plain and readable on purpose; each step is a named function of its own module:
+the step loop (``fit``), the task checkpoints (``task_checkpoints``), evaluation of
+a matrix row (``evaluate``) and the accelerator and trackers (``accelerator``).
+Finished tasks (a complete checkpoint with the same run fingerprint and task
+history) are skipped, so rerunning `prism train` after a crash continues where it
+stopped.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prism import __version__
 from prism.checkpoint import store
 from prism.checkpoint.layout import RunLayout
-from prism.engine.step_checkpoint import StepCheckpointer
+from prism.engine.accelerator import (deepspeed_run, deepspeed_settings, environment_facts, make_accelerator,
+                                      start_trackers)
+from prism.engine.evaluate import evaluate_row, load_or_new_matrix, summarize, write_summary
+from prism.engine.reporter import Reporter
 from prism.engine.seeding import set_seed
 from prism.engine.session import RunPlan, build_method, check_run, load_backbone, plan_run, quiet_libraries
-from prism.errors import ConfigError, UsageError
+from prism.engine.step_checkpoint import StepCheckpointer
+from prism.engine.task_checkpoints import clear_run, finished_prefix, restore_checkpoint, save_checkpoint, steps_done
 from prism.methods.base import Method, TaskContext
 
-MATRIX_FILE = "accuracy_matrix.json"
-CL_METRICS_FILE = "cl_metrics.json"
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -37,66 +39,28 @@ class TrainOutcome:
     skipped: list[str] = field(default_factory=list)
 
 
-class Reporter:
-    """Progress callbacks; the CLI passes a rich implementation, tests the silent default."""
+@dataclass
+class _Run:
+    """What every step of the loop works with."""
 
-    def task_started(self, position: int, total: int, name: str, steps: int) -> None: ...
-    def step(self, step: int, steps: int, loss: float) -> None: ...
-    def task_finished(self, name: str, fit: Any) -> None: ...
-    def task_skipped(self, name: str, reason: str) -> None: ...
-    def eval_started(self, learned: str, task: str, total: int) -> None: ...
-    def eval_progress(self, done: int, total: int) -> None: ...
-    def eval_finished(self, learned: str, task: str, score: float) -> None: ...
-    def message(self, text: str) -> None: ...
+    plan: RunPlan
+    method: Method
+    accelerator: Any
+    reporter: Reporter
+    fingerprint: str
+    deepspeed: Any = None  # prism.engine.zero.DeepSpeedRun
+    backbone: Any = None
+    root: Path | None = None
+    matrix: Any = None
 
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-#: settings that do not change what a task's checkpoint holds
-FINGERPRINT_EXCLUDED = (("benchmark", "tasks"), ("infer", "batch_size"), ("infer", "precision"), ("train", "log_every"),
-                        ("train", "save_every_steps"), ("train", "report_to"), ("project", "name"),
-                        ("project", "output_dir"), ("benchmark", "root"), ("benchmark", "max_test_samples"),
-                        ("train", "eval_after_each_task"), ("distributed", "nproc"), ("distributed", "gpus"),
-                        ("distributed", "master_port"), ("train", "num_workers"), ("benchmark", "verify_images"))
-
-
-def run_fingerprint(resolved: Any) -> str:
-    """Hash of everything that changes what a task's checkpoint holds (not which tasks run).
-
-    Unset (None) settings are left out, so a newer prism that adds an optional
-    setting still recognises the checkpoints of an older run.
-    """
-    import hashlib
-
-    data = resolved.to_dict()
-    for table, key in FINGERPRINT_EXCLUDED:
-        data.get(table, {}).pop(key, None)
-    canonical = json.dumps(_without_none(data), sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _without_none(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _without_none(v) for k, v in obj.items() if v is not None}
-    return obj
-
-
-def environment_facts(world_size: int = 1) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    facts = {
-        "prism": __version__, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "platform": platform.platform(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "cuda_devices": torch.cuda.device_count(), "world_size": world_size,
-    }
-    try:
-        import accelerate
-        import peft
-
-        facts.update(accelerate=accelerate.__version__, peft=peft.__version__)
-    except ImportError:
-        pass
-    return facts
+    @property
+    def evaluates(self) -> bool:
+        """Rows are evaluated on rank 0 while the other ranks wait (greedy decoding of test sets)."""
+        return self.main and self.plan.config.train.eval_after_each_task
 
 
 def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = None) -> TrainOutcome:
@@ -106,200 +70,142 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     that a run that cannot start (``--restart`` included) leaves its outputs as they were.
     """
     quiet_libraries()
-    reporter = reporter or Reporter()
     # in every process, before the process group exists: the config, model and routing tower
     # (fetched from the hub if needed), trackers, precision
     check_run(resolved)
-    plan = plan_run(resolved)
+    run = _open(plan_run(resolved), reporter or Reporter(), restart=restart)
+    plan = run.plan
+    prefix = 0 if restart else finished_prefix(plan, run.fingerprint, joint=bool(run.method.joint))
+    _attach_backbone(run)
+    _record_run(run)
+    outcome = TrainOutcome(layout=plan.layout, matrix=run.matrix, summary={})
+    if prefix:
+        _continue_after(run, prefix, outcome)
+    step_offset = steps_done(plan, prefix)
+    for position in _positions_to_train(run, prefix):
+        steps = _learn_task(run, position, step_offset)
+        step_offset += steps
+        outcome.trained.append(plan.sequence[position].name)
+        if run.evaluates:
+            evaluate_row(plan, run.backbone, run.method, run.root, position, run.matrix, run.reporter)
+        run.accelerator.wait_for_everyone()
+    return _close(run, outcome)
+
+
+# -- the steps ----------------------------------------------------------------------------
+def _open(plan: RunPlan, reporter: Reporter, *, restart: bool) -> _Run:
+    """Method, accelerator and data; ``--restart`` clears the run only once the model has loaded."""
     cfg = plan.config
     set_seed(cfg.project.seed)
-    layout = plan.layout
-    fingerprint = run_fingerprint(resolved)
     method = build_method(plan)
-    joint = bool(method.joint)
-    deepspeed = _deepspeed_settings(resolved)
-    accelerator = _accelerator(cfg, layout, unused_parameters=bool(method.unused_parameters), deepspeed=deepspeed)
-    # DeepSpeed: per-task engine config, and under ZeRO-3 full weights between fits (prism.engine.zero)
-    ds_run = _deepspeed_run(cfg, layout, accelerator, deepspeed) if deepspeed is not None else None
-    main = accelerator.is_main_process
-    if not main:
-        reporter = Reporter()
+    settings = deepspeed_settings(plan.resolved)
+    accelerator = make_accelerator(cfg, plan.layout, unused_parameters=bool(method.unused_parameters),
+                                   deepspeed=settings)
+    run = _Run(plan=plan, method=method, accelerator=accelerator, fingerprint=plan.resolved.hash(),
+               reporter=reporter if accelerator.is_main_process else Reporter(),
+               deepspeed=deepspeed_run(cfg, plan.layout, accelerator, settings) if settings is not None else None)
     # --restart: a model that passes the checks but does not load (wrong family, broken weights) must
     # fail before the run is cleared; a plain rerun first learns from its checkpoints whether it can go on
-    backbone = load_backbone(plan) if restart else None
-    if main:
-        root = plan.benchmark.prepare()  # the data is there (or generated) before anything is removed
-        store.recover_interrupted(layout.checkpoints_dir)
+    if restart:
+        run.backbone = load_backbone(plan)
+    if run.main:
+        run.root = plan.benchmark.prepare()  # the data is there (or generated) before anything is removed
+        store.recover_interrupted(plan.layout.checkpoints_dir)
         if restart:
-            _clear_run(layout)
+            clear_run(plan.layout)
     accelerator.wait_for_everyone()
-    _start_trackers(accelerator, cfg)
-    if not main:
-        root = plan.benchmark.prepare()  # the data rank 0 made ready
-    prefix = 0 if restart else _finished_prefix(plan, fingerprint, joint=joint)
-    if backbone is None:
-        backbone = load_backbone(plan)
-    method.attach(backbone)
+    start_trackers(accelerator, cfg)
+    if not run.main:
+        run.root = plan.benchmark.prepare()  # the data rank 0 made ready
+    return run
 
-    if main:
+
+def _attach_backbone(run: _Run) -> None:
+    if run.backbone is None:
+        run.backbone = load_backbone(run.plan)
+    run.method.attach(run.backbone)
+
+
+def _record_run(run: _Run) -> None:
+    """config.resolved.toml and run.json in the results folder; the matrix so far."""
+    plan = run.plan
+    layout = plan.layout
+    if run.main:
         layout.results_dir.mkdir(parents=True, exist_ok=True)
-        resolved.save(layout.results_dir)
-        _write_json(layout.results_dir / "run.json", {
-            "fingerprint": fingerprint, "environment": environment_facts(accelerator.num_processes),
-            "global_batch_size": cfg.train.global_batch_size, "tasks": [t.name for t in plan.sequence],
+        plan.resolved.save(layout.results_dir)
+        store.write_json_atomic(layout.results_dir / "run.json", {
+            "fingerprint": run.fingerprint, "environment": environment_facts(run.accelerator.num_processes),
+            "global_batch_size": plan.config.train.global_batch_size, "tasks": [t.name for t in plan.sequence],
             "task_indices": plan.indices, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         })
-    matrix = _load_or_new_matrix(layout, plan)
-    outcome = TrainOutcome(layout=layout, matrix=matrix, summary={})
-
-    if prefix:
-        last = layout.checkpoint(plan.indices[prefix - 1])
-        restore_checkpoint(method, last)
-        for position in range(prefix):
-            name = plan.sequence[position].name
-            outcome.skipped.append(name)
-            reporter.task_skipped(name, f"checkpoint {layout.checkpoint_name(plan.indices[position])} is complete")
-        if main and not matrix.row_complete(prefix - 1) and cfg.train.eval_after_each_task:
-            evaluate_row(plan, backbone, method, root, prefix - 1, matrix, reporter)
-        accelerator.wait_for_everyone()
-
-    step_offset = _steps_done(plan, prefix)
-    last = len(plan.sequence) - 1
-    # joint (the multi-task upper bound) trains once, on every task's data, as the last step
-    positions = ([last] if prefix <= last else []) if joint else range(prefix, len(plan.sequence))
-    for position in positions:
-        spec = plan.sequence[position]
-        task = TaskContext(index=position, spec=spec, sequence=plan.sequence, benchmark=cfg.benchmark.id)
-        # each task draws from its own seed: a resumed run trains task k exactly like an uninterrupted one
-        set_seed(cfg.project.seed + 1000 * position)
-        method.begin_task(task)
-        fitter = None
-        steps_done = 0
-        checkpointer = StepCheckpointer(
-            folder=layout.step_checkpoint(plan.indices[position]), every=cfg.train.save_every_steps,
-            info={"fingerprint": fingerprint, "tasks_seen": [t.name for t in plan.sequence[: position + 1]]},
-            writer=accelerator.is_main_process)
-        if method.trains:
-            from prism.benchmarks.data import TaskDataset
-            from prism.engine.fit import TaskFitter
-
-            sources = range(len(plan.sequence)) if joint else [position]
-            records = [r for p in sources for r in _training_records(plan, root, p, reporter)]
-            records = method.training_records(task, records)
-            dataset = TaskDataset(records, backbone=backbone, root=root,
-                                  specs={t.name: t for t in plan.all_tasks}, verify_images=cfg.benchmark.verify_images)
-            fitter = TaskFitter(model=backbone.model, method=method, dataset=dataset, train_cfg=cfg.train if joint else cfg.train.for_task(spec.name),
-                                seed=cfg.project.seed + 1000 * position, accelerator=accelerator,
-                                log_path=layout.results_dir / METRICS_FILE,
-                                tasks_in_step=len(sources), step_offset=step_offset, deepspeed=ds_run)
-            steps = fitter.steps()
-            reporter.task_started(position, len(plan.sequence), spec.name, steps)
-            result = fitter.fit(task, on_step=reporter.step, checkpointer=checkpointer)
-            reporter.task_finished(spec.name, result)
-            steps_done = result.steps
-            step_offset += steps_done
-        method.end_task(task, fitter if fitter is not None else _NoFit(backbone))
-        if main:
-            save_checkpoint(plan, method, backbone, position, fingerprint, steps=steps_done)
-            checkpointer.clear()
-        outcome.trained.append(spec.name)
-        if main and cfg.train.eval_after_each_task:
-            # evaluation runs on rank 0 while the other ranks wait (greedy decoding of test sets)
-            evaluate_row(plan, backbone, method, root, position, matrix, reporter)
-        accelerator.wait_for_everyone()
-
-    outcome.summary = _write_summary(layout, matrix, joint=joint) if main else summarize(matrix, joint=joint)
-    if ds_run is not None:
-        ds_run.close()
-    accelerator.end_training()
-    return outcome
+    run.matrix = load_or_new_matrix(layout, [t.name for t in plan.sequence])
 
 
-# -- pieces -----------------------------------------------------------------------------
-def _accelerator(cfg: Any, layout: RunLayout, *, unused_parameters: bool = False, deepspeed: Any = None) -> Any:
-    """accelerate's Accelerator for the run: plain/DDP, or with DeepSpeed (``deepspeed``: DeepSpeedSettings)."""
-    import torch
-    from accelerate import Accelerator
-
-    from prism.backbones.precision import compute_device, mixed_precision
-
-    mixed = mixed_precision(cfg.backbone.train_precision, compute_device())
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    trackers = report_to(cfg.train.report_to)
-    if deepspeed is not None:
-        from prism.engine.zero import make_accelerator
-
-        accelerator = make_accelerator(deepspeed, mixed_precision=mixed, log_with=trackers or None,
-                                       project_dir=str(layout.results_dir))
-    else:
-        # methods with routers or per-task slots may leave trainable parameters out of a step
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=unused_parameters)
-        accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(),
-                                  log_with=trackers or None, project_dir=str(layout.results_dir),
-                                  kwargs_handlers=[ddp])
-    return accelerator
-
-
-def _start_trackers(accelerator: Any, cfg: Any) -> None:
-    """Open the trackers' logs in the results folder (after ``--restart`` cleared it, not before)."""
-    if cfg.train.report_to:
-        accelerator.init_trackers(cfg.project.name, config={"method": cfg.method.id, "benchmark": cfg.benchmark.id,
-                                                            "seed": cfg.project.seed})
-
-
-def _deepspeed_settings(resolved: Any) -> Any:
-    """The run's DeepSpeed config (``[distributed] backend = "deepspeed"``), else None."""
-    distributed = resolved.config.distributed
-    if distributed.backend != "deepspeed":
-        return None
-    from prism.engine.deepspeed_config import load_deepspeed_config
-
-    return load_deepspeed_config(distributed, resolved.project_dir, resolved.sources)
-
-
-def _deepspeed_run(cfg: Any, layout: RunLayout, accelerator: Any, settings: Any) -> Any:
-    from prism.backbones.precision import compute_device, mixed_precision
-    from prism.engine.zero import RECORD_FILE, DeepSpeedRun
-
-    precision = mixed_precision(cfg.backbone.train_precision, compute_device())
-    # the effective config of the task being trained goes next to launch.json (rank 0 writes it)
-    return DeepSpeedRun(settings, accelerator, precision=precision, record_path=layout.results_dir / RECORD_FILE)
-
-
-def report_to(names: list[str]) -> list[str]:
-    """``[train] report_to`` checked (``prism.config.run_checks``): known trackers whose package is installed."""
-    from prism.config.run_checks import tracker_problems
-
-    problems = tracker_problems(names)
-    if problems:
-        raise ConfigError("[train] report_to: " + "; ".join(problems))
-    return list(names)
-
-
-def _steps_done(plan: RunPlan, prefix: int) -> int:
-    """Optimizer steps of the tasks already finished (they start the trackers' step axis)."""
-    total = 0
+def _continue_after(run: _Run, prefix: int, outcome: TrainOutcome) -> None:
+    """Restore the last finished task's checkpoint; evaluate its row if a crash left it unscored."""
+    plan = run.plan
+    restore_checkpoint(run.method, plan.layout.checkpoint(plan.indices[prefix - 1]))
     for position in range(prefix):
-        folder = plan.layout.checkpoint(plan.indices[position])
-        if not store.checkpoint_complete(folder):  # a joint run has only its last checkpoint
-            continue
-        total += int(store.read_checkpoint_info(folder).state.get("steps", 0) or 0)
-    return total
+        name = plan.sequence[position].name
+        outcome.skipped.append(name)
+        run.reporter.task_skipped(name, f"checkpoint {plan.layout.checkpoint_name(plan.indices[position])} is complete")
+    if run.evaluates and not run.matrix.row_complete(prefix - 1):
+        evaluate_row(plan, run.backbone, run.method, run.root, prefix - 1, run.matrix, run.reporter)
+    run.accelerator.wait_for_everyone()
 
 
-class _NoFit:
-    """FitHandle for methods that do not train (zeroshot)."""
+def _positions_to_train(run: _Run, prefix: int) -> range | list[int]:
+    """The tasks still to learn; joint (the multi-task upper bound) trains once, as the last task."""
+    last = len(run.plan.sequence) - 1
+    if run.method.joint:
+        return [last] if prefix <= last else []
+    return range(prefix, len(run.plan.sequence))
 
-    def __init__(self, backbone: Any):
-        self.model = backbone.model
-        self.device = next(backbone.model.parameters()).device
 
-    def batches(self, limit=None, batch_size=None):
-        return iter(())
+def _learn_task(run: _Run, position: int, step_offset: int) -> int:
+    """begin -> fit -> end -> save for one task; returns the optimizer steps it took."""
+    plan, method = run.plan, run.method
+    cfg = plan.config
+    spec = plan.sequence[position]
+    task = TaskContext(index=position, spec=spec, sequence=plan.sequence, benchmark=cfg.benchmark.id)
+    # each task draws from its own seed: a resumed run trains task k exactly like an uninterrupted one
+    set_seed(cfg.project.seed + 1000 * position)
+    method.begin_task(task)
+    checkpointer = StepCheckpointer(
+        folder=plan.layout.step_checkpoint(plan.indices[position]), every=cfg.train.save_every_steps,
+        info={"fingerprint": run.fingerprint, "tasks_seen": [t.name for t in plan.sequence[: position + 1]]},
+        writer=run.main)
+    fitter, steps = None, 0
+    if method.trains:
+        fitter = _fitter(run, task, step_offset)
+        run.reporter.task_started(position, len(plan.sequence), spec.name, fitter.steps())
+        result = fitter.fit(task, on_step=run.reporter.step, checkpointer=checkpointer)
+        run.reporter.task_finished(spec.name, result)
+        steps = result.steps
+    method.end_task(task, fitter if fitter is not None else _NoFit(run.backbone))
+    if run.main:
+        save_checkpoint(plan, method, run.backbone, position, run.fingerprint, steps=steps)
+        checkpointer.clear()
+    return steps
 
-    def forward(self, batch):
-        return self.model(**batch.model_inputs())
+
+def _fitter(run: _Run, task: TaskContext, step_offset: int) -> Any:
+    """The step loop over the task's training data (every task's, for joint training)."""
+    from prism.benchmarks.data import TaskDataset
+    from prism.engine.fit import TaskFitter
+
+    plan, cfg = run.plan, run.plan.config
+    joint = bool(run.method.joint)
+    sources = range(len(plan.sequence)) if joint else [task.index]
+    records = [r for p in sources for r in _training_records(plan, run.root, p, run.reporter)]
+    records = run.method.training_records(task, records)
+    dataset = TaskDataset(records, backbone=run.backbone, root=run.root, specs={t.name: t for t in plan.all_tasks},
+                          verify_images=cfg.benchmark.verify_images)
+    return TaskFitter(model=run.backbone.model, method=run.method, dataset=dataset,
+                      train_cfg=cfg.train if joint else cfg.train.for_task(task.spec.name),
+                      seed=cfg.project.seed + 1000 * task.index, accelerator=run.accelerator,
+                      log_path=plan.layout.results_dir / METRICS_FILE, tasks_in_step=len(sources),
+                      step_offset=step_offset, deepspeed=run.deepspeed)
 
 
 def _training_records(plan: RunPlan, root: Path, position: int, reporter: Reporter) -> list[dict]:
@@ -316,195 +222,26 @@ def _training_records(plan: RunPlan, root: Path, position: int, reporter: Report
     return records
 
 
-def _finished_prefix(plan: RunPlan, fingerprint: str, *, joint: bool = False) -> int:
-    """How many leading tasks have complete checkpoints made by this same config.
-
-    A joint run has one checkpoint, after the last task: it is all or nothing.
-    """
-    names = [t.name for t in plan.sequence]
-    checks = list(enumerate(plan.indices))
-    if joint:
-        checks = checks[-1:]
-    for position, index in checks:
-        folder = plan.layout.checkpoint(index)
-        if not store.checkpoint_complete(folder):
-            return 0 if joint else position
-        # the one check before any use: files, hashes, and that it is this run's method and backbone
-        info = store.require_verified(folder, method=plan.config.method.id, backbone=plan.config.backbone.id)
-        if info.config_hash != fingerprint:
-            raise UsageError(
-                f"{folder} was trained with a different configuration "
-                f"(fingerprint {info.config_hash}, now {fingerprint})",
-                hint="pass --restart to train this run again, or set [project] output_dir to keep both",
-            )
-        if info.tasks_seen != names[: position + 1]:
-            raise UsageError(
-                f"{folder} learned tasks {info.tasks_seen}, but this run's sequence starts with "
-                f"{names[: position + 1]}",
-                hint="pass --restart, or use another [project] output_dir for a different task order",
-            )
-    return len(plan.indices)
+def _close(run: _Run, outcome: TrainOutcome) -> TrainOutcome:
+    """The CL metrics of the matrix (cl_metrics.json on rank 0); the engine and trackers shut."""
+    joint = bool(run.method.joint)
+    outcome.summary = write_summary(run.plan.layout, run.matrix, joint=joint) if run.main else summarize(
+        run.matrix, joint=joint)
+    if run.deepspeed is not None:
+        run.deepspeed.close()
+    run.accelerator.end_training()
+    return outcome
 
 
-def _clear_run(layout: RunLayout) -> None:
-    """``--restart``: remove the run's checkpoints, predictions and results (called only after
-    every check passed). Under torchrun the launch record the launcher just wrote is kept."""
-    import os
-    import shutil
+class _NoFit:
+    """FitHandle for methods that do not train (zeroshot)."""
 
-    from prism.engine.launch import ARGV_ENV, LAUNCH_FILE
+    def __init__(self, backbone: Any):
+        self.model = backbone.model
+        self.device = next(backbone.model.parameters()).device
 
-    record_path = layout.results_dir / LAUNCH_FILE
-    relaunched = ARGV_ENV in os.environ  # a worker prism's launcher started, after writing the record
-    record = json.loads(record_path.read_text(encoding="utf-8")) if relaunched and record_path.is_file() else None
-    for folder in (layout.checkpoints_dir, layout.predictions_dir, layout.results_dir):
-        if folder.exists():
-            shutil.rmtree(folder)
-    if record is not None:
-        _write_json(record_path, record)
+    def batches(self, limit=None, batch_size=None):
+        return iter(())
 
-
-def save_checkpoint(plan: RunPlan, method: Method, backbone: Any, position: int, fingerprint: str,
-                    steps: int = 0) -> Path:
-    from safetensors.torch import save_file
-
-    from prism.adapters.io import save_adapters
-
-    folder = plan.layout.checkpoint(plan.indices[position])
-    seen = plan.sequence[: position + 1]
-
-    def fill(tmp: Path) -> None:
-        adapter_meta: dict[str, Any] = {}
-        if method.adapters is not None:
-            adapter_meta = save_adapters(method.adapters, tmp, base_model_name_or_path=backbone.resolved_path,
-                                         slots=method.adapter_slots_for_checkpoint()) or {}
-        tensors = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
-        if tensors:
-            save_file(tensors, str(tmp / store.STATE_TENSORS))
-        store.write_json_atomic(tmp / store.STATE_JSON, {
-            "prism_version": __version__,
-            "config_hash": fingerprint,
-            "method": plan.config.method.id,
-            "method_params": plan.resolved.method_params.model_dump(mode="json"),
-            "backbone": plan.config.backbone.id,
-            "model": plan.config.backbone.model,
-            "base_model_path": backbone.resolved_path,
-            "benchmark": plan.config.benchmark.id,
-            "task_index": plan.indices[position],
-            "position": position,
-            "tasks_seen": [t.name for t in seen],
-            "task_indices_seen": plan.indices[: position + 1],
-            "steps": steps,
-            "adapters": adapter_meta,
-            "method_state": method.state_metadata(),
-            "has_state_tensors": bool(tensors),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        })
-
-    # predictions made by an older checkpoint of this task are stale
-    stale = plan.layout.predictions(plan.indices[position])
-    if stale.exists():
-        import shutil
-
-        shutil.rmtree(stale)
-    return store.write_checkpoint(folder, fill)
-
-
-def restore_checkpoint(method: Method, folder: Path, *, hashes: bool = True, method_id: str | None = None,
-                       backbone_id: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint's method state, then its adapter weights, into ``method``.
-
-    Nothing is loaded from a checkpoint that does not verify (``store.require_verified``:
-    sizes and the core files always, sha256 unless ``hashes`` is False; ``method_id`` /
-    ``backbone_id``, the loading run's, must be the ones prism_state.json names).
-    """
-    from safetensors.torch import load_file
-
-    from prism.adapters.io import load_adapters
-
-    has_adapters = method.adapters is not None
-    info = store.require_verified(folder, hashes=hashes, adapters=has_adapters, method=method_id,
-                                  backbone=backbone_id)
-    tensors = {}
-    if (folder / store.STATE_TENSORS).is_file():
-        tensors = load_file(str(folder / store.STATE_TENSORS))
-    method.load_state(tensors, info.state.get("method_state", {}))
-    if has_adapters:
-        load_adapters(method.adapters, folder)
-    return info.state
-
-
-def model_id_for(folder: Path) -> str:
-    """Identifies the checkpoint predictions were made with (hash of its manifest)."""
-    manifest = folder / store.MANIFEST
-    if not manifest.is_file():
-        return "base"
-    return store.sha256_file(manifest)[:16]
-
-
-def evaluate_row(plan: RunPlan, backbone: Any, method: Method, root: Path, position: int,
-                 matrix: Any, reporter: Reporter) -> dict[str, Any]:
-    """Evaluate every task seen up to ``position`` and fill that row of the matrix."""
-    from prism.benchmarks.data import load_test_records
-    from prism.engine.scoring import score_task
-    from prism.inference.generate import predict_task
-
-    cfg = plan.config
-    learned = plan.sequence[position]
-    layout = plan.layout
-    task = TaskContext(index=position, spec=learned, sequence=plan.sequence, benchmark=cfg.benchmark.id)
-    method.prepare_inference(task)
-    model_id = model_id_for(layout.checkpoint(plan.indices[position]))
-    details: dict[str, Any] = {}
-    for i, spec in enumerate(plan.sequence[: position + 1]):
-        records = load_test_records(root, spec, max_samples=cfg.benchmark.max_test_samples)
-        reporter.eval_started(learned.name, spec.name, len(records))
-        predictions = predict_task(
-            backbone=backbone, method=method, spec=spec, root=root, records=records,
-            out_path=layout.prediction_file(plan.indices[position], spec.name), model_id=model_id,
-            batch_size=cfg.infer.batch_size, max_new_tokens=cfg.infer.max_new_tokens or spec.max_new_tokens,
-            num_beams=cfg.infer.num_beams, temperature=cfg.infer.temperature,
-            on_batch=reporter.eval_progress, num_workers=cfg.train.num_workers, verify_images=cfg.benchmark.verify_images)
-        result = score_task(spec, root, predictions, plan.resolved.project_dir)
-        matrix.set(position, i, result.score)
-        details[spec.name] = result.to_dict()
-        reporter.eval_finished(learned.name, spec.name, result.score)
-    _write_json(layout.results_dir / "scores" / f"{layout.checkpoint_name(plan.indices[position])}.json",
-                {"learned": learned.name, "position": position, "model_id": model_id, "tasks": details})
-    matrix.save(layout.results_dir / MATRIX_FILE)
-    return details
-
-
-def _load_or_new_matrix(layout: RunLayout, plan: RunPlan) -> Any:
-    from prism.evaluation.matrix import AccuracyMatrix
-
-    names = [t.name for t in plan.sequence]
-    path = layout.results_dir / MATRIX_FILE
-    if path.is_file():
-        existing = AccuracyMatrix.load(path)
-        if list(existing.task_names) == names:
-            return existing
-    return AccuracyMatrix(names)
-
-
-def summarize(matrix: Any, *, joint: bool = False) -> dict[str, Any]:
-    """CL metrics of the matrix; a joint run has only its final row, so only Last is defined."""
-    summary = matrix.summary()
-    if joint:
-        final = matrix.row(matrix.n_tasks - 1)
-        if final and all(v is not None for v in final):
-            summary.update(last=sum(final) / len(final), mfn=sum(final) / len(final), rows_present=1,
-                           complete=True)
-        summary["note"] = ("joint training (multi-task upper bound): one model trained on every task, "
-                           "evaluated once; only Last/MFN is defined")
-    return summary
-
-
-def _write_summary(layout: RunLayout, matrix: Any, *, joint: bool = False) -> dict[str, Any]:
-    summary = summarize(matrix, joint=joint)
-    _write_json(layout.results_dir / CL_METRICS_FILE, summary)
-    return summary
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    store.write_json_atomic(path, obj)
+    def forward(self, batch):
+        return self.model(**batch.model_inputs())

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prism.engine.loop import CL_METRICS_FILE, MATRIX_FILE
+from prism.engine.evaluate import CL_METRICS_FILE, MATRIX_FILE, summarize
 from prism.engine.scoring import score_task
 from prism.engine.session import plan_run
 from prism.errors import DataError, PrismError
@@ -36,8 +36,6 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
     if not found:
         raise PrismError(f"no prediction files under {layout.predictions_dir}",
                          hint="run `prism train` (or `prism infer` on saved checkpoints) first")
-    from prism.engine.loop import summarize
-
     summary = summarize(matrix, joint=bool(getattr(resolved.method_class, "joint", False)))
     layout.results_dir.mkdir(parents=True, exist_ok=True)
     matrix.save(layout.results_dir / MATRIX_FILE)

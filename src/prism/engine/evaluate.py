@@ -1,0 +1,91 @@
+"""Evaluating a row of the accuracy matrix, and the matrix and summary files of a run.
+
+Used by ``prism train`` (after each task) and ``prism infer`` (from saved checkpoints).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prism.checkpoint import store
+from prism.checkpoint.layout import RunLayout
+from prism.engine.reporter import Reporter
+from prism.methods.base import Method, TaskContext
+
+MATRIX_FILE = "accuracy_matrix.json"
+CL_METRICS_FILE = "cl_metrics.json"
+
+
+def model_id_for(folder: Path) -> str:
+    """Identifies the checkpoint predictions were made with (hash of its manifest)."""
+    manifest = folder / store.MANIFEST
+    if not manifest.is_file():
+        return "base"
+    return store.sha256_file(manifest)[:16]
+
+
+def evaluate_row(plan: Any, backbone: Any, method: Method, root: Path, position: int,
+                 matrix: Any, reporter: Reporter) -> dict[str, Any]:
+    """Evaluate every task seen up to ``position`` (``plan``: a RunPlan) and fill that row of the matrix."""
+    from prism.benchmarks.data import load_test_records
+    from prism.engine.scoring import score_task
+    from prism.inference.generate import predict_task
+
+    cfg = plan.config
+    learned = plan.sequence[position]
+    layout = plan.layout
+    task = TaskContext(index=position, spec=learned, sequence=plan.sequence, benchmark=cfg.benchmark.id)
+    method.prepare_inference(task)
+    model_id = model_id_for(layout.checkpoint(plan.indices[position]))
+    details: dict[str, Any] = {}
+    for i, spec in enumerate(plan.sequence[: position + 1]):
+        records = load_test_records(root, spec, max_samples=cfg.benchmark.max_test_samples)
+        reporter.eval_started(learned.name, spec.name, len(records))
+        predictions = predict_task(
+            backbone=backbone, method=method, spec=spec, root=root, records=records,
+            out_path=layout.prediction_file(plan.indices[position], spec.name), model_id=model_id,
+            batch_size=cfg.infer.batch_size, max_new_tokens=cfg.infer.max_new_tokens or spec.max_new_tokens,
+            num_beams=cfg.infer.num_beams, temperature=cfg.infer.temperature,
+            on_batch=reporter.eval_progress, num_workers=cfg.train.num_workers,
+            verify_images=cfg.benchmark.verify_images)
+        result = score_task(spec, root, predictions, plan.resolved.project_dir)
+        matrix.set(position, i, result.score)
+        details[spec.name] = result.to_dict()
+        reporter.eval_finished(learned.name, spec.name, result.score)
+    store.write_json_atomic(layout.results_dir / "scores" / f"{layout.checkpoint_name(plan.indices[position])}.json",
+                            {"learned": learned.name, "position": position, "model_id": model_id, "tasks": details})
+    matrix.save(layout.results_dir / MATRIX_FILE)
+    return details
+
+
+def load_or_new_matrix(layout: RunLayout, task_names: list[str]) -> Any:
+    """The run's saved accuracy matrix when it is for these tasks, else an empty one."""
+    from prism.evaluation.matrix import AccuracyMatrix
+
+    path = layout.results_dir / MATRIX_FILE
+    if path.is_file():
+        existing = AccuracyMatrix.load(path)
+        if list(existing.task_names) == list(task_names):
+            return existing
+    return AccuracyMatrix(list(task_names))
+
+
+def summarize(matrix: Any, *, joint: bool = False) -> dict[str, Any]:
+    """CL metrics of the matrix; a joint run has only its final row, so only Last is defined."""
+    summary = matrix.summary()
+    if joint:
+        final = matrix.row(matrix.n_tasks - 1)
+        if final and all(v is not None for v in final):
+            summary.update(last=sum(final) / len(final), mfn=sum(final) / len(final), rows_present=1,
+                           complete=True)
+        summary["note"] = ("joint training (multi-task upper bound): one model trained on every task, "
+                           "evaluated once; only Last/MFN is defined")
+    return summary
+
+
+def write_summary(layout: RunLayout, matrix: Any, *, joint: bool = False) -> dict[str, Any]:
+    """Write cl_metrics.json next to the matrix; returns the summary."""
+    summary = summarize(matrix, joint=joint)
+    store.write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)
+    return summary

@@ -1,0 +1,116 @@
+"""How one optimizer step runs: on accelerate's plain/DDP path, or inside a DeepSpeed engine.
+
+The step loop (``prism.engine.fit``) is the same for both; what differs is confined to
+this small interface: wrapping the model and optimizer, running a micro-batch's forward
+and backward, and reading or writing the optimizer state of a step checkpoint. DDP keeps
+a plain AdamW state on every rank; DeepSpeed (``prism.engine.zero``) owns per-rank
+optimizer partitions and computes the loss inside its engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from prism.engine.seeding import restore_rng
+
+
+class StepBackend:
+    """What the step loop asks of a backend (the DDP behaviour is the default)."""
+
+    def __init__(self, accelerator: Any):
+        self.accelerator = accelerator
+
+    def prepare(self, model: Any, optimizer: Any, *, method: Any, task: Any, micro_batch: int,
+                accumulation: int, max_grad_norm: float | None) -> tuple[Any, Any]:
+        """The model and optimizer the step loop drives (wrapped for the processes)."""
+        return self.accelerator.prepare(model, optimizer)
+
+    def micro_step(self, model: Any, method: Any, task: Any, batch: Any, weight: float, *,
+                   last: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its weighted loss.
+
+        ``last``: the step's final micro-batch (where gradients are synchronised and applied).
+        """
+        method.before_forward(batch, training=True)
+        outputs = model(**batch.model_inputs())
+        loss = method.loss(task, batch, outputs) * weight
+        self.accelerator.backward(loss)
+        return loss
+
+    def end_micro_steps(self) -> None:
+        """After the step's micro-batches, before clipping and ``optimizer.step()``."""
+
+    def engine_info(self) -> dict[str, Any] | None:
+        """Identifies whose optimizer state a step checkpoint holds (None: a plain AdamW state)."""
+        return None
+
+    def trainable_state(self, named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in named.items()}
+
+    def optimizer_state(self, optimizer: Any) -> Any:
+        return optimizer.state_dict()
+
+    def restore_before_prepare(self, optimizer: Any, optimizer_state: Any, rng: Any) -> None:
+        """A step checkpoint's optimizer state and this rank's RNG, into the unwrapped optimizer."""
+        optimizer.load_state_dict(optimizer_state)
+        restore_rng(*rng)
+
+    def restore_after_prepare(self, named: dict[str, torch.nn.Parameter], trainable: dict[str, torch.Tensor],
+                              optimizer: Any, optimizer_state: Any, rng: Any) -> None:
+        """What can only be restored once the wrapped optimizer exists (nothing for DDP)."""
+
+    def after_fit(self, model: torch.nn.Module) -> None:
+        """The fit is over: release what the backend built for it."""
+
+
+class DeepSpeedSteps(StepBackend):
+    """Steps inside a DeepSpeed engine (``run``: ``prism.engine.zero.DeepSpeedRun``)."""
+
+    def __init__(self, accelerator: Any, run: Any):
+        super().__init__(accelerator)
+        self.run = run
+
+    def prepare(self, model: Any, optimizer: Any, *, method: Any, task: Any, micro_batch: int,
+                accumulation: int, max_grad_norm: float | None) -> tuple[Any, Any]:
+        self.run.configure(model, micro_batch=micro_batch, accumulation=accumulation, max_grad_norm=max_grad_norm)
+        self.run.before_prepare()
+        return self.accelerator.prepare(self.run.loss_module(model, method, task), optimizer)
+
+    def micro_step(self, model: Any, method: Any, task: Any, batch: Any, weight: float, *,
+                   last: bool) -> torch.Tensor:
+        loss = model(batch) * weight  # the engine's forward runs before_forward, the model and method.loss
+        # the engine steps after the step's last micro-batch; the token weights already divide by
+        # the accumulation, so DeepSpeed must not again
+        self.accelerator.sync_gradients = last
+        self.accelerator.backward(loss, scale_wrt_gas=False)
+        return loss
+
+    def end_micro_steps(self) -> None:
+        self.accelerator.sync_gradients = True
+
+    def engine_info(self) -> dict[str, Any] | None:
+        return self.run.engine_info()
+
+    def trainable_state(self, named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+        return self.run.full_trainable(named)
+
+    def optimizer_state(self, optimizer: Any) -> Any:
+        return self.run.optimizer_shards(optimizer)
+
+    def restore_before_prepare(self, optimizer: Any, optimizer_state: Any, rng: Any) -> None:
+        """Nothing yet: the optimizer partitions exist once the engine does."""
+
+    def restore_after_prepare(self, named: dict[str, torch.nn.Parameter], trainable: dict[str, torch.Tensor],
+                              optimizer: Any, optimizer_state: Any, rng: Any) -> None:
+        self.run.restore(named, trainable, optimizer, optimizer_state)
+        restore_rng(*rng)
+
+    def after_fit(self, model: torch.nn.Module) -> None:
+        self.run.after_fit(model)  # engine destroyed; ZeRO-3: parameters gathered until the next fit
+
+
+def step_backend(accelerator: Any, deepspeed: Any = None) -> StepBackend:
+    """The backend for a run: DeepSpeed when ``deepspeed`` (a DeepSpeedRun) is given, else DDP/plain."""
+    return StepBackend(accelerator) if deepspeed is None else DeepSpeedSteps(accelerator, deepspeed)
