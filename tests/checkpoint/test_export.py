@@ -20,7 +20,7 @@ import torch
 
 from prism.checkpoint import store
 from prism.checkpoint.export import EXPORT_RECORD, checked_mix, export_checkpoint
-from prism.errors import CheckpointError, UsageError
+from prism.errors import UsageError
 from prism.plugins import PluginManager
 from tests.conftest import run_cli
 from tests.engine.conftest import new_project, resolve

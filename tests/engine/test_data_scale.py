@@ -4,10 +4,8 @@ and an image rewritten after `prism data check --write-manifest` stops training 
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

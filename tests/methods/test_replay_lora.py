@@ -86,7 +86,7 @@ def test_reservoir_is_reproducible_and_uniformish():
 def test_prism_p07_fills_in_served_order_with_probability_07():
     method = make(capacity=30, sampling="prism_p07")
     trained = learn(method, 2)
-    for index, (name, stored) in enumerate(method.buffer.items()):
+    for index, stored in enumerate(method.buffer.values()):
         served = ServedFit(trained[index], seed=index).order
         positions = [served.index(r) for r in stored]
         assert positions == sorted(positions) and len(positions) == 10  # kept as served, not in file order
