@@ -49,12 +49,27 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:
     return write_file_atomic(path, text)
 
 
+def normal_permissions(folder: Path) -> None:
+    """Give every file under ``folder`` the mode ``open(path, "w")`` would (0666 less the umask).
+
+    Some writers make their files 0600 (safetensors' ``save_file``, and with it
+    ``save_pretrained``), which collaborators on a shared file system cannot read.
+    """
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and not path.stat().st_mode & 0o111:
+            os.chmod(path, mode)
+
+
 def replace_folder(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; an existing ``final`` is set aside first and deleted after.
 
     Between the two renames a kill leaves the previous folder as ``.<name>.old-*``
     beside ``final`` (``prism.checkpoint.store.recover_interrupted`` puts it back).
     """
+    normal_permissions(tmp)
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")

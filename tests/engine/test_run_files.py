@@ -30,3 +30,12 @@ def test_one_fingerprint_and_group_readable_results(project):
     for path in written:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o044 == 0o044, f"{path.name} is {oct(mode)}, not readable by group and others"
+
+
+def test_checkpoints_of_prism_0_1_keep_matching_their_run():
+    from prism.engine.task_checkpoints import same_fingerprint
+
+    full = "ab" * 32
+    assert same_fingerprint(full, full) and same_fingerprint(full[:16], full)
+    assert not same_fingerprint(full[:15], full) and not same_fingerprint("cd" * 8, full)
+    assert not same_fingerprint(None, full) and not same_fingerprint("", full)

@@ -120,7 +120,7 @@ class ResolvedConfig:
         return dumps(self.to_dict(), header=header)
 
     def hash(self) -> str:
-        """The run fingerprint: 16 hex digits of sha256 over what changes a task's checkpoint.
+        """The run fingerprint: sha256 (hex) over what changes a task's checkpoint.
 
         The one definition: config.resolved.toml shows it, every checkpoint's prism_state.json
         records it, and a rerun continues only from checkpoints that carry it. Settings in
@@ -132,7 +132,7 @@ class ResolvedConfig:
             table, key = dotted.split(".")
             data.get(table, {}).pop(key, None)
         canonical = json.dumps(_without_none(data), sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     def save(self, folder: Path | str) -> Path:
         """Write ``config.resolved.toml`` into ``folder`` atomically; returns its path."""

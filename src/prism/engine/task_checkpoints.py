@@ -89,6 +89,16 @@ def restore_checkpoint(method: Method, folder: Path, *, hashes: bool = True, met
     return info.state
 
 
+def same_fingerprint(recorded: str | None, fingerprint: str) -> bool:
+    """Whether a checkpoint's ``config_hash`` is this run's fingerprint.
+
+    prism 0.1 checkpoints recorded its first 16 hex digits; they still match.
+    """
+    if not recorded:
+        return False
+    return recorded == fingerprint or (len(recorded) == 16 and fingerprint.startswith(recorded))
+
+
 def finished_prefix(plan: Any, fingerprint: str, *, joint: bool = False) -> int:
     """How many leading tasks have complete checkpoints made by this same config.
 
@@ -104,7 +114,7 @@ def finished_prefix(plan: Any, fingerprint: str, *, joint: bool = False) -> int:
             return 0 if joint else position
         # the one check before any use: files, hashes, and that it is this run's method and backbone
         info = store.require_verified(folder, method=plan.config.method.id, backbone=plan.config.backbone.id)
-        if info.config_hash != fingerprint:
+        if not same_fingerprint(info.config_hash, fingerprint):
             raise UsageError(
                 f"{folder} was trained with a different configuration "
                 f"(fingerprint {info.config_hash}, now {fingerprint})",
