@@ -75,3 +75,34 @@ def project(tmp_path, synthetic_data) -> Path:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "synthetic").symlink_to(synthetic_data, target_is_directory=True)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory, synthetic_data):
+    """``shared_run(*sets, method=...)`` -> (project, resolved, outcome): a quick run, trained once a session.
+
+    Tests that only read a run's files share it (training is what makes the suite slow); a test
+    that changes them works on ``copy_project(project, tmp_path)``. ``sets`` are --set style
+    assignments on top of tests.engine.conftest.QUICK.
+    """
+    from prism.engine.loop import train
+    from tests.engine.conftest import new_project, resolve
+
+    done: dict = {}
+
+    def run(*sets: str, method: str = "ft_lora"):
+        key = (method, *sets)
+        if key not in done:
+            project = new_project(tmp_path_factory.mktemp(f"run-{method}"), synthetic_data)
+            resolved = resolve(project, *sets, method__id=method)
+            done[key] = (project, resolved, train(resolved))
+        return done[key]
+
+    return run
+
+
+def copy_project(project: Path, folder: Path) -> Path:
+    """A copy of a trained project that a test may change (its data stays a symlink)."""
+    copy = folder / "project"
+    shutil.copytree(project, copy, symlinks=True)
+    return copy

@@ -12,9 +12,8 @@ from prism.errors import ConfigError, UsageError
 from .conftest import QUICK, resolve
 
 
-def test_two_tasks_write_the_prism_layout(project):
-    resolved = resolve(project, "benchmark.tasks='0-1'")
-    outcome = train(resolved)
+def test_two_tasks_write_the_prism_layout(shared_run):
+    project, _, outcome = shared_run("benchmark.tasks='0-1'")
     out = project / "outputs"
     for k, seen in ((0, ["colour"]), (1, ["colour", "shape_mc"])):
         ckpt = out / "checkpoints" / "synthetic" / "ft_lora" / f"Task{k}_llava"

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from prism.engine.infer import infer
-from prism.engine.loop import train
 from prism.plugins import PluginManager
+from tests.conftest import copy_project
 from tests.engine.conftest import resolve
 
 METHODS = PluginManager(autoload=False).registry("method").ids()
@@ -22,11 +22,13 @@ def _predictions(folder):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_checkpoints_reload_to_the_same_predictions(project, method):
-    resolved = resolve(project, "benchmark.tasks='0-1'", method__id=method)
-    outcome = train(resolved)
-    before = _predictions(outcome.layout.predictions_dir)
+def test_checkpoints_reload_to_the_same_predictions(shared_run, method, tmp_path):
+    project, _, _ = shared_run("benchmark.tasks='0-1'", method=method)
+    copy = copy_project(project, tmp_path)
+    resolved = resolve(copy, "benchmark.tasks='0-1'", method__id=method)
+    predictions_dir = resolved.output_dir / "predictions"
+    before = _predictions(predictions_dir)
     assert before, "no predictions written"
-    shutil.rmtree(outcome.layout.predictions_dir)
+    shutil.rmtree(predictions_dir)
     infer(resolved)
-    assert _predictions(outcome.layout.predictions_dir) == before
+    assert _predictions(predictions_dir) == before
