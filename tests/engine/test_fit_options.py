@@ -128,3 +128,24 @@ def test_per_task_override_changes_that_task_only(project):
     assert [r["step"] for r in rows if r["task"] == "colour"] == list(range(1, 7))
     shape = [r for r in rows if r["task"] == "shape_mc"]
     assert [r["step"] for r in shape] == [1, 2, 3] and shape[-1]["samples"] == 12
+
+
+@pytest.mark.parametrize("setting, grouped", [(None, True), (True, True), (False, False)])
+def test_length_grouping_is_on_unless_switched_off(setting, grouped):
+    from types import SimpleNamespace
+
+    from prism.engine.fit import TaskFitter
+
+    class Records:
+        def __len__(self):
+            return 8
+
+        def modality_lengths(self):
+            return [5, -3, 7, 2, -9, 4, 6, -1]
+
+    fitter = TaskFitter(model=torch.nn.Linear(1, 1), method=None, dataset=Records(), seed=0,
+                        accelerator=SimpleNamespace(device="cpu"),
+                        train_cfg=SimpleNamespace(group_by_modality_length=setting))
+    stream = fitter._stream(2, 0, 1, 1)
+    assert (stream.lengths is not None) is grouped
+    assert stream.group == (2 if grouped else 0)

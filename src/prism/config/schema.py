@@ -239,6 +239,10 @@ class TrainConfig(_Table):
         None, ge=0, description="DataLoader workers per process decoding images (None: from the CPU count "
         "on a GPU, 0 on the CPU)",
     )
+    group_by_modality_length: bool | None = Field(
+        None, description="batches of similar length, image and text-only samples apart, as LLaVA's "
+        "trainer (None: on; false: plain seeded shuffling)",
+    )
 
     overrides: dict[str, TrainOverride] | None = Field(
         None, description="per-task lr, epochs, max_steps, batch sizes, warm-up, weight decay, projector lr",

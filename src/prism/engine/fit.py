@@ -105,6 +105,8 @@ class TaskFitter(FitHandle):
     def _stream(self, micro: int, rank: int, world: int, accumulation: int) -> DataStream:
         """The fit's data order: length-grouped when the dataset knows its records' lengths."""
         lengths = getattr(self.dataset, "modality_lengths", None)
+        if getattr(self.cfg, "group_by_modality_length", None) is False:
+            lengths = None
         return DataStream(self.dataset, micro, self.seed, rank=rank, world=world, accumulation=accumulation,
                           lengths=lengths() if lengths is not None else None)
 
