@@ -19,6 +19,7 @@ import torch
 from prism.benchmarks.data import Batch
 from prism.engine.data_loader import MicroBatchLoader, resolve_num_workers
 from prism.engine.data_stream import DataStream
+from prism.engine.forward_plan import END_TASK_PASS, model_inputs, plan_forward
 from prism.engine.interrupt import Interrupted, deferred_interrupt
 from prism.engine.metrics_log import MetricsLog
 from prism.engine.seeding import capture_rng
@@ -92,8 +93,8 @@ class TaskFitter(FitHandle):
             yield batch.to(self.device)
 
     def forward(self, batch: Batch) -> Any:
-        self.method.before_forward(batch, training=True)
-        return self.model(**batch.model_inputs())
+        plan = plan_forward(self.method, batch, END_TASK_PASS)
+        return self.model(**model_inputs(batch, plan))
 
     def served_records(self) -> list[dict]:
         if self._served is None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from prism.engine.forward_plan import TRAIN_STEP, model_inputs, plan_forward
 from prism.engine.seeding import restore_rng
 
 
@@ -33,8 +34,8 @@ class StepBackend:
 
         ``last``: the step's final micro-batch (where gradients are synchronised and applied).
         """
-        method.before_forward(batch, training=True)
-        outputs = model(**batch.model_inputs())
+        plan = plan_forward(method, batch, TRAIN_STEP)
+        outputs = model(**model_inputs(batch, plan))
         loss = method.loss(task, batch, outputs) * weight
         self.accelerator.backward(loss)
         return loss

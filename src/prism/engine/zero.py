@@ -88,8 +88,10 @@ class LossModule(torch.nn.Module):
                 deepspeed.zero.register_external_parameter(self, param)
 
     def forward(self, batch: Any) -> torch.Tensor:
-        self.method.before_forward(batch, training=True)
-        outputs = self.model(**batch.model_inputs())
+        from prism.engine.forward_plan import TRAIN_STEP, model_inputs, plan_forward
+
+        plan = plan_forward(self.method, batch, TRAIN_STEP)
+        outputs = self.model(**model_inputs(batch, plan))
         return self.method.loss(self.task, batch, outputs)
 
 

@@ -43,6 +43,8 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     """
     from prism.benchmarks.data import TaskDataset
     from prism.engine.data_loader import load_batches, resolve_num_workers
+    from prism.engine.forward_plan import model_inputs, plan_forward
+    from prism.methods.forward import ForwardContext
 
     done = pred_files.read_done(out_path, model_id)
     done_ids = {str(r["question_id"]) for r in done}
@@ -60,6 +62,7 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     else:
         generation.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     finished = len(done)
+    context = ForwardContext("eval", num_beams=num_beams)
     if todo:
         prompts = TaskDataset(todo, backbone=backbone, root=root, specs=spec, prompts=True,
                               verify_images=verify_images)
@@ -69,12 +72,15 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
         try:
             for _, batch in batches:
                 batch = batch.to(device)
-                method.before_forward(batch, training=False)
-                inputs = batch.model_inputs()
+                plan = plan_forward(method, batch, context)
+                inputs = model_inputs(batch, plan)
                 out = model.generate(**inputs, **generation)
-                new_tokens = out[:, inputs["input_ids"].shape[1]:]
+                # with input_ids the output repeats the prompt; from inputs_embeds it is the new tokens only
+                new_tokens = out[:, inputs["input_ids"].shape[1]:] if "input_ids" in inputs else out
                 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-                lines = [_prediction(record, text, spec, model_id) for record, text in zip(batch.records, texts)]
+                routing = plan.routing_rows() if plan is not None else None
+                lines = [_prediction(record, text, spec, model_id, None if routing is None else routing[i])
+                         for i, (record, text) in enumerate(zip(batch.records, texts))]
                 pred_files.append(out_path, lines)
                 done.extend(lines)
                 finished += len(lines)
@@ -92,12 +98,17 @@ def length_sorted_batches(lengths: Any, batch_size: int) -> list[list[int]]:
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _prediction(record: dict, text: str, spec: TaskSpec, model_id: str) -> dict[str, Any]:
+def _prediction(record: dict, text: str, spec: TaskSpec, model_id: str,
+                routing: dict[str, float] | None = None) -> dict[str, Any]:
+    """One prediction line; ``routing`` (task slot -> weight) for methods that route per sample."""
+    metadata: dict[str, Any] = {"task": spec.name, "image": record.get("image")}
+    if routing is not None:
+        metadata["routing"] = routing
     return {
         "question_id": record["question_id"],
         "prompt": record.get("text", ""),
         "text": text.strip(),
         "answer": record.get("answer"),
         "model_id": model_id,
-        "metadata": {"task": spec.name, "image": record.get("image")},
+        "metadata": metadata,
     }

@@ -5,13 +5,13 @@ The engine runs, for each task t of the sequence::
     method.begin_task(task)
     records = method.training_records(task, records)       # e.g. mix in a replay buffer
     for batch in batches(records):
-        method.before_forward(batch, training=True)          # e.g. set per-sample routing
-        outputs = model(**batch.model_inputs())
+        plan = method.prepare_forward(batch, ForwardContext("train"))  # e.g. per-sample routing
+        outputs = model(**plan.inputs if plan and plan.inputs else batch.model_inputs())
         loss = method.loss(task, batch, outputs)             # e.g. add a regulariser
         ...optimizer step on method.trainable_parameters()...
     method.end_task(task, fit)                               # e.g. Fisher, freezing, merging
     method.prepare_inference(task)                           # e.g. choose how slots mix at test time
-    for batch in test batches: method.before_forward(batch, training=False); generate
+    for batch in test batches: method.prepare_forward(batch, ForwardContext("eval", num_beams)); generate
 
 and saves ``method.state_dict()`` / ``method.state_metadata()`` with the adapters.
 ``method.inference_mix()`` says whether the answers come from a fixed sum of slots
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # keep `import prism.methods.base` light for `prism methods s
     from prism.backbones.base import LoadedBackbone
     from prism.benchmarks.base import TaskSpec
     from prism.benchmarks.batch import Batch
+    from prism.methods.forward import ForwardContext, ForwardPlan
 
 
 #: slot name -> constant weight: the model answers every input with base + Σ weight · ΔW_slot.
@@ -155,8 +156,21 @@ class Method:
         assert self.backbone is not None
         return [p for p in self.backbone.model.parameters() if p.requires_grad]
 
+    def prepare_forward(self, batch: "Batch", context: "ForwardContext") -> "ForwardPlan | None":
+        """Called before every forward pass (contract v2): what this batch's forward needs.
+
+        ``context.phase`` is "train" (a training step), "end_task" (a pass over the task's
+        data through ``FitHandle.forward``) or "eval" (generation, ``context.num_beams`` rows
+        per sample). Return a ``ForwardPlan`` with per-sample slot weights, named per-sample
+        tensors, an inputs override or the routing to record; the engine repeats per-sample
+        tensors for beams and installs them. The default calls the v1 hook ``before_forward``
+        (``training`` True except in evaluation) and returns None.
+        """
+        self.before_forward(batch, training=context.phase != "eval")
+        return None
+
     def before_forward(self, batch: "Batch", *, training: bool) -> None:
-        """Called before every forward pass: set per-sample routing from the batch here."""
+        """Contract v1: called before every forward pass (``prepare_forward`` calls it)."""
 
     def loss(self, task: TaskContext, batch: "Batch", outputs: Any) -> "torch.Tensor":
         """The training loss; regularisers add their terms to ``outputs.loss``."""
