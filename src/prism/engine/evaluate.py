@@ -30,6 +30,7 @@ def evaluate_row(plan: Any, backbone: Any, method: Method, root: Path, position:
     """Evaluate every task seen up to ``position`` (``plan``: a RunPlan) and fill that row of the matrix."""
     from prism.benchmarks.data import load_test_records
     from prism.engine.scoring import score_task
+    from prism.evaluation.routing import routing_accuracy
     from prism.inference.generate import predict_task
 
     cfg = plan.config
@@ -52,6 +53,9 @@ def evaluate_row(plan: Any, backbone: Any, method: Method, root: Path, position:
         result = score_task(spec, root, predictions, plan.resolved.project_dir)
         matrix.set(position, i, result.score)
         details[spec.name] = result.to_dict()
+        routed = routing_accuracy(predictions)
+        if routed is not None:
+            details[spec.name]["routing_accuracy"] = routed
         reporter.eval_finished(learned.name, spec.name, result.score)
     store.write_json_atomic(layout.results_dir / "scores" / f"{layout.checkpoint_name(plan.indices[position])}.json",
                             {"learned": learned.name, "position": position, "model_id": model_id, "tasks": details})
@@ -84,8 +88,30 @@ def summarize(matrix: Any, *, joint: bool = False) -> dict[str, Any]:
     return summary
 
 
-def write_summary(layout: RunLayout, matrix: Any, *, joint: bool = False) -> dict[str, Any]:
-    """Write cl_metrics.json next to the matrix; returns the summary."""
+def add_routing(summary: dict[str, Any], layout: RunLayout, indices: list[int],
+                task_names: list[str]) -> dict[str, Any]:
+    """``routing_accuracy`` per task of the last evaluated row, for methods that route per sample."""
+    from prism.evaluation.routing import routing_of_row
+
+    for position in reversed(range(len(indices))):
+        folder = layout.predictions(indices[position])
+        if folder.is_dir():
+            routing = routing_of_row(folder, task_names[: position + 1])
+            if routing:
+                summary["routing_accuracy"] = routing
+                summary["routing_row"] = position
+            break
+    return summary
+
+
+def write_summary(layout: RunLayout, matrix: Any, *, joint: bool = False,
+                  indices: list[int] | None = None) -> dict[str, Any]:
+    """Write cl_metrics.json next to the matrix; returns the summary.
+
+    ``indices``: the run's task indices, to add the routing accuracy of routed methods.
+    """
     summary = summarize(matrix, joint=joint)
+    if indices is not None:
+        add_routing(summary, layout, indices, list(matrix.task_names))
     store.write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)
     return summary

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prism.engine.evaluate import CL_METRICS_FILE, MATRIX_FILE, summarize
+from prism.engine.evaluate import CL_METRICS_FILE, MATRIX_FILE, add_routing, summarize
 from prism.engine.scoring import score_task
 from prism.engine.session import plan_run
 from prism.errors import DataError, PrismError
@@ -37,6 +37,7 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
         raise PrismError(f"no prediction files under {layout.predictions_dir}",
                          hint="run `prism train` (or `prism infer` on saved checkpoints) first")
     summary = summarize(matrix, joint=bool(getattr(resolved.method_class, "joint", False)))
+    add_routing(summary, layout, plan.indices, [t.name for t in plan.sequence])
     layout.results_dir.mkdir(parents=True, exist_ok=True)
     matrix.save(layout.results_dir / MATRIX_FILE)
     write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)

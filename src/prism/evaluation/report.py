@@ -60,6 +60,13 @@ def render_report(matrix: AccuracyMatrix, *, summary: Mapping[str, Any] | None =
     out.append("")
     if summary.get("note"):
         out += [f"> {summary['note']}", ""]
+    if summary.get("routing_accuracy"):
+        out += ["## Routing", "",
+                "Share of test samples whose largest routing weight is on their own task's slot "
+                f"(after training task {summary.get('routing_row', '?')}).", "",
+                "| task | routing accuracy |", "|---|---:|"]
+        out += [f"| {_escape(name)} | {format_score(value)} |" for name, value in summary["routing_accuracy"].items()]
+        out.append("")
     if images:
         out += ["## Plots", ""]
         for caption, path in images.items():
