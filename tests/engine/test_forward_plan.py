@@ -111,3 +111,47 @@ def test_beam_search_routes_every_sample_to_its_own_slot(synthetic_data, tmp_pat
     for qid, route in routes.items():
         own = "odd" if int(qid[-1]) % 2 else "even"
         assert route[own] == 1.0 and sum(route.values()) == 1.0
+
+
+class _SeeingRouter(torch.nn.Module):
+    """A per-sample router that pools the prompt once (mask-aware) and reuses it while decoding."""
+
+    takes_context = True
+
+    def __init__(self, seen):
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x, context):
+        from prism.adapters.router_context import masked_mean
+
+        if context.prefill:
+            context.cache["pooled"] = masked_mean(x, context.attention_mask)
+        self.seen.append((context.prefill, x.shape[:2], tuple(context.attention_mask.shape),
+                          context.sample["task"].tolist()))
+        pooled = context.cache["pooled"]
+        return torch.nn.functional.one_hot(context.sample["task"], 2).to(pooled.dtype) + 0 * pooled[:, :2]
+
+
+def test_routers_see_the_mask_the_samples_and_prefill_or_decode(synthetic_data, tmp_path):
+    from prism.backbones.llava import LlavaBackbone
+    from prism.benchmarks.data import load_test_records
+    from prism.benchmarks.synthetic import TASKS
+    from prism.inference.generate import predict_task
+
+    backbone = LlavaBackbone().load(SimpleNamespace(model="builtin:tiny-llava", attn="auto"))
+    method = _TwoSlots(None, RunInfo(1, ["colour"]))
+    method.attach(backbone)
+    seen: list = []
+    last = list(method.adapters.layers)[-1]
+    method.adapters.set_router(lambda layer: _SeeingRouter(seen), layers=[last])
+    method.prepare_forward = lambda batch, context: ForwardPlan(sample={"task": torch.tensor([0, 1])})
+    spec = TASKS[0].spec
+    records = load_test_records(synthetic_data, spec, max_samples=2)
+    predict_task(backbone=backbone, method=method, spec=spec, root=synthetic_data, records=records,
+                 out_path=tmp_path / "p.jsonl", model_id="m", batch_size=2, max_new_tokens=3, num_beams=2)
+    prefill, *decode = seen
+    assert prefill[0] is True and prefill[1][0] == 4 and prefill[1][1] > 1  # 2 samples x 2 beams, whole prompt
+    assert prefill[2] == (4, prefill[1][1]) and prefill[3] == [0, 0, 1, 1]
+    assert decode and all(not p and shape[1] == 1 for p, shape, _, _ in decode)
+    assert [mask[1] for _, _, mask, _ in decode] == [prefill[1][1] + k for k in range(1, len(decode) + 1)]

@@ -130,6 +130,8 @@ class LoRALinear(nn.Module):
         self.specs: dict[str, SlotSpec] = {}
         self.scaling: dict[str, float] = {}
         self.mix = Mix()
+        #: the router context of the current forward (prism.adapters.router_context), shared by every layer
+        self.context: Any = None
         base_layer.requires_grad_(False)
         self.train(base_layer.training)
 
@@ -199,7 +201,13 @@ class LoRALinear(nn.Module):
             return None
         router = self.routers[self.mix.router]
         dtype = next((p.dtype for p in router.parameters()), x.dtype)
-        gates = router(x if x.dtype == dtype else x.to(dtype))
+        x_in = x if x.dtype == dtype else x.to(dtype)
+        if getattr(router, "takes_context", False):
+            from prism.adapters.router_context import RouterContext
+
+            gates = router(x_in, self.context if self.context is not None else RouterContext())
+        else:
+            gates = router(x_in)
         n = len(self.active_slots())
         per_token = gates.shape == x.shape[:-1] + (n,)
         per_sample = gates.ndim == 2 and gates.shape[1] == n and gates.shape[0] in (1, x.shape[0])

@@ -28,17 +28,27 @@ def plan_forward(method: Any, batch: Any, context: ForwardContext) -> ForwardPla
         return None
     plan = prepare(batch, context)
     if plan is not None:
-        install(method, plan, context)
+        install(method, batch, plan, context)
     return plan
 
 
-def install(method: Any, plan: ForwardPlan, context: ForwardContext) -> None:
-    """Per-sample slot weights onto the method's adapters, repeated for the context's beams."""
+def install(method: Any, batch: Any, plan: ForwardPlan, context: ForwardContext) -> None:
+    """Per-sample slot weights onto the method's adapters, repeated for the context's beams, and a
+    fresh router context (``prism.adapters.router_context``) holding the plan's per-sample tensors."""
     adapters = getattr(method, "adapters", None)
-    if plan.slot_weights and adapters is None:
-        raise ValueError(f"method {getattr(method, 'id', method)!r} returned slot weights but has no adapters")
+    if adapters is None:
+        if plan.slot_weights or plan.sample:
+            raise ValueError(f"method {getattr(method, 'id', method)!r} returned per-sample tensors "
+                             "but has no adapters")
+        return
     for entry in plan.slot_weights:
         adapters.set_sample_weights(repeat_for_beams(entry.weights, context.num_beams), layers=entry.layers)
+    from prism.adapters.router_context import open_router_context
+
+    inputs = model_inputs(batch, plan)
+    mask = inputs.get("attention_mask")
+    open_router_context(adapters.model, sample_tensors(plan, context),
+                        attention_mask=None if mask is None else repeat_for_beams(mask, context.num_beams))
 
 
 def repeat_for_beams(tensor: torch.Tensor, num_beams: int) -> torch.Tensor:
