@@ -24,6 +24,7 @@ def save_checkpoint(plan: Any, method: Method, backbone: Any, position: int, fin
     from safetensors.torch import save_file
 
     from prism.adapters.io import save_adapters
+    from prism.methods.owned import owned_state
 
     folder = plan.layout.checkpoint(plan.indices[position])
     seen = plan.sequence[: position + 1]
@@ -33,7 +34,8 @@ def save_checkpoint(plan: Any, method: Method, backbone: Any, position: int, fin
         if method.adapters is not None:
             adapter_meta = save_adapters(method.adapters, tmp, base_model_name_or_path=backbone.resolved_path,
                                          slots=method.adapter_slots_for_checkpoint()) or {}
-        tensors = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
+        own = owned_state(backbone.model, method.trained_base)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in {**method.state_dict(), **own}.items()}
         if tensors:
             save_file(tensors, str(tmp / store.STATE_TENSORS))
         store.write_json_atomic(tmp / store.STATE_JSON, {
@@ -76,6 +78,7 @@ def restore_checkpoint(method: Method, folder: Path, *, hashes: bool = True, met
     from safetensors.torch import load_file
 
     from prism.adapters.io import load_adapters
+    from prism.methods.owned import load_owned_state
 
     has_adapters = method.adapters is not None
     info = store.require_verified(folder, hashes=hashes, adapters=has_adapters, method=method_id,
@@ -83,6 +86,8 @@ def restore_checkpoint(method: Method, folder: Path, *, hashes: bool = True, met
     tensors = {}
     if (folder / store.STATE_TENSORS).is_file():
         tensors = load_file(str(folder / store.STATE_TENSORS))
+    if method.backbone is not None:
+        tensors = load_owned_state(method.backbone.model, method.trained_base, tensors)
     method.load_state(tensors, info.state.get("method_state", {}))
     if has_adapters:
         load_adapters(method.adapters, folder)

@@ -137,11 +137,34 @@ class Method:
         self.run = run
         self.adapters: "AdapterSet | None" = None
         self.backbone: "LoadedBackbone | None" = None
+        #: base parameters this method trains (``train_base``), saved with every checkpoint
+        self.trained_base: list[str] = []
 
     # -- set-up ----------------------------------------------------------------
     def attach(self, backbone: "LoadedBackbone") -> None:
         """Add this method's trainable parts (adapters, prompts, routers) to the model."""
         self.backbone = backbone
+
+    def own_module(self, name: str, module: "torch.nn.Module") -> "torch.nn.Module":
+        """Attach a router, prompt or MLP under the model (``model.prism_modules[name]``).
+
+        The optimizer, DDP, ZeRO and step checkpoints then see its parameters, and every
+        task checkpoint saves and restores it. Call it in ``attach``.
+        """
+        from prism.methods.owned import attach_module
+
+        assert self.backbone is not None, "own_module is called in attach, after super().attach(backbone)"
+        return attach_module(self.backbone.model, name, module)
+
+    def train_base(self, pattern: str) -> list[str]:
+        """Train the base parameters matching ``pattern`` (e.g. "multi_modal_projector": the projector,
+        at ``[train] projector_lr`` when set); they are saved with every task checkpoint."""
+        from prism.methods.owned import train_base
+
+        assert self.backbone is not None, "train_base is called in attach, after super().attach(backbone)"
+        names = train_base(self.backbone.model, pattern)
+        self.trained_base.extend(n for n in names if n not in self.trained_base)
+        return names
 
     # -- training ----------------------------------------------------------------
     def begin_task(self, task: TaskContext) -> None:
