@@ -69,3 +69,62 @@ def test_owned_parts_survive_a_checkpoint_round_trip(tmp_path):
     assert all(torch.equal(live[n], before[n]) for n in fresh.trained_base)
     with pytest.raises(CheckpointError, match="did not create"):
         load_owned_state(fresh.backbone.model, fresh.trained_base, {"prism.module.prompts.weight": torch.ones(1)})
+
+
+def test_gradient_hooks_run_between_backward_and_step_and_after_each_step(project):
+    """A method that zeroes one slot's gradient keeps it untouched; after_step counts the steps."""
+    from prism.engine.loop import train
+    from prism.methods.ft_lora import FineTuneLoRA
+    from tests.engine.conftest import resolve
+
+    calls = {"gradients": 0, "steps": []}
+    frozen = {}
+
+    class Projecting(FineTuneLoRA):
+        edits_gradients = True
+
+        def on_gradients(self, task, parameters):
+            calls["gradients"] += 1
+            for name, param in parameters.items():
+                if ".lora_B." in name and "q_proj" in name and param.grad is not None:
+                    frozen.setdefault(name, param.detach().clone())
+                    param.grad.zero_()
+
+        def after_step(self, task, step):
+            calls["steps"].append(step)
+
+    import prism.engine.loop as loop
+
+    original = loop.build_method
+
+    def build(plan):
+        method = original(plan)
+        method.__class__ = Projecting
+        return method
+
+    loop.build_method = build
+    try:
+        outcome = train(resolve(project, "benchmark.tasks='0'", "train.max_steps=3", "train.eval_after_each_task=false",
+                                "train.weight_decay=0.0"))
+    finally:
+        loop.build_method = original
+    assert outcome.trained == ["colour"] and calls["gradients"] == 3 and calls["steps"] == [1, 2, 3]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(outcome.layout.checkpoint(0) / "adapter_model.safetensors"))
+    q_b = [k for k in saved if "q_proj" in k and "lora_B" in k]
+    assert q_b and all(float(saved[k].abs().max()) == 0.0 for k in q_b)  # B starts at zero and never moved
+    assert any(float(saved[k].abs().max()) > 0 for k in saved if "v_proj" in k and "lora_B" in k)
+
+
+def test_deepspeed_is_refused_for_a_method_that_edits_gradients(project):
+    from prism.config import load_config
+    from prism.config.run_checks import validate_run
+    from prism.errors import ConfigError
+    from prism.methods.ft_lora import FineTuneLoRA
+
+    resolved = load_config(project / "prism.toml", cwd=project, env={}, sets=["distributed.backend='deepspeed'"])
+    validate_run(resolved)  # ft_lora itself is fine
+    resolved.method_class = type("Projecting", (FineTuneLoRA,), {"edits_gradients": True})
+    with pytest.raises(ConfigError, match="edits gradients"):
+        validate_run(resolved)

@@ -65,6 +65,7 @@ def validate_run(resolved: Any, *, fetch: bool = False) -> None:
     """
     problems = run_problems(resolved.config, resolved.method_params, resolved.project_dir, resolved.where,
                             fetch=fetch)
+    problems += _backend_problems(resolved)
     if problems:
         raise config_error(problems)
 
@@ -85,6 +86,18 @@ def run_problems(config: Any, method_params: Any, project_dir: Path, where: Wher
             problems.add(("train", "report_to"), message)
     if method_params is not None and "method" not in skip:
         _check_target_modules(config.method.id, method_params, problems)
+    return problems.lines
+
+
+def _backend_problems(resolved: Any) -> list[str]:
+    """A method that edits gradients cannot run under DeepSpeed (its optimizer steps inside backward)."""
+    method_class = getattr(resolved, "method_class", None)
+    if resolved.config.distributed.backend != "deepspeed" or not getattr(method_class, "edits_gradients", False):
+        return []
+    problems = _Problems(resolved.where)
+    problems.add(("distributed", "backend"), f"method {resolved.config.method.id!r} edits gradients between "
+                 "the backward pass and the optimizer step, which DeepSpeed performs inside its backward; "
+                 'use backend = "ddp" (or one process) for this method')
     return problems.lines
 
 

@@ -170,6 +170,8 @@ class TaskFitter(FitHandle):
                         step_loss += float(loss.detach())
                         result.samples += len(batch.records) * world
                     backend.end_micro_steps()
+                    if self.method.edits_gradients:
+                        self.method.on_gradients(task, named)
                     grad_norm = None
                     if cfg.max_grad_norm:
                         # DeepSpeed: clipped inside the engine's step; this only reads the norm
@@ -177,6 +179,7 @@ class TaskFitter(FitHandle):
                     optimizer.step()  # DeepSpeed: a no-op, the engine stepped in backward()
                     scheduler.step()
                     result.steps += 1
+                    self.method.after_step(task, result.steps)
                     result.losses.append(step_loss)
                     metrics.step(result, step_loss, scheduler.get_last_lr()[0], grad_norm,
                                  time.perf_counter() - started)

@@ -75,6 +75,13 @@ class DeepSpeedSteps(StepBackend):
 
     def prepare(self, model: Any, optimizer: Any, *, method: Any, task: Any, micro_batch: int,
                 accumulation: int, max_grad_norm: float | None) -> tuple[Any, Any]:
+        if getattr(method, "edits_gradients", False):
+            from prism.errors import ConfigError
+
+            raise ConfigError(
+                f"method {method.id!r} edits gradients between the backward pass and the optimizer step, "
+                "which DeepSpeed performs inside its backward",
+                hint='use [distributed] backend = "ddp" (or one process) for this method')
         self.run.configure(model, micro_batch=micro_batch, accumulation=accumulation, max_grad_norm=max_grad_norm)
         self.run.before_prepare()
         return self.accelerator.prepare(self.run.loss_module(model, method, task), optimizer)

@@ -131,6 +131,10 @@ class Method:
     #: True when a training step may leave some trainable parameters unused (top-k routers,
     #: per-task slots switched off): DDP must then look for them (costs a graph traversal).
     unused_parameters: ClassVar[bool] = False
+    #: True when the method edits gradients in ``on_gradients`` (projection, preconditioning).
+    #: DeepSpeed applies its optimizer step inside the backward pass, so such a method runs on
+    #: one process or DDP; ``[distributed] backend = "deepspeed"`` is refused for it.
+    edits_gradients: ClassVar[bool] = False
 
     def __init__(self, params: MethodParams, run: RunInfo):
         self.params = params
@@ -198,6 +202,14 @@ class Method:
     def loss(self, task: TaskContext, batch: "Batch", outputs: Any) -> "torch.Tensor":
         """The training loss; regularisers add their terms to ``outputs.loss``."""
         return outputs.loss
+
+    def on_gradients(self, task: TaskContext, parameters: dict[str, "torch.nn.Parameter"]) -> None:
+        """After a step's gradients are complete (averaged over processes), before clipping and the
+        optimizer step; called only when ``edits_gradients`` is True. ``parameters``: the trainable
+        parameters by name in the model. Edit ``p.grad`` in place."""
+
+    def after_step(self, task: TaskContext, step: int) -> None:
+        """After each optimizer step (``step`` counts this task's steps from 1): EMAs, momentum, freezing."""
 
     def end_task(self, task: TaskContext, fit: FitHandle) -> None:
         """After training on ``task``: estimate Fisher, freeze, merge, store prototypes..."""
