@@ -155,3 +155,26 @@ def test_routers_see_the_mask_the_samples_and_prefill_or_decode(synthetic_data, 
     assert prefill[2] == (4, prefill[1][1]) and prefill[3] == [0, 0, 1, 1]
     assert decode and all(not p and shape[1] == 1 for p, shape, _, _ in decode)
     assert [mask[1] for _, _, mask, _ in decode] == [prefill[1][1] + k for k in range(1, len(decode) + 1)]
+
+
+def test_the_task_reaches_a_method_at_evaluation_only_as_an_explicit_oracle(synthetic_data, tmp_path):
+    from prism.backbones.llava import LlavaBackbone
+    from prism.benchmarks.data import load_test_records
+    from prism.benchmarks.synthetic import TASKS
+    from prism.evaluation.matrix import AccuracyMatrix
+    from prism.evaluation.report import render_report
+    from prism.inference.generate import predict_task
+
+    backbone = LlavaBackbone().load(SimpleNamespace(model="builtin:tiny-llava", attn="auto"))
+    told: list = []
+    method = SimpleNamespace(prepare_forward=lambda batch, context: told.append(context.oracle_task))
+    spec = TASKS[2].spec
+    records = load_test_records(synthetic_data, spec, max_samples=2)
+    for oracle in (False, True):
+        predict_task(backbone=backbone, method=method, spec=spec, root=synthetic_data, records=records,
+                     out_path=tmp_path / f"{oracle}.jsonl", model_id="m", batch_size=2, max_new_tokens=2,
+                     task_oracle=oracle)
+    assert told == [None, "count"]
+    matrix = AccuracyMatrix.from_cells(["count"], {(0, 0): 50.0})
+    assert "Task oracle" in render_report(matrix, summary={**matrix.summary(), "task_oracle": True})
+    assert "Task oracle" not in render_report(matrix, summary=matrix.summary())

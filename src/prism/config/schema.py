@@ -284,6 +284,10 @@ class InferConfig(_Table):
     )
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding")
     num_beams: int = Field(1, ge=1, description="beam search width")
+    task_oracle: bool | None = Field(
+        None, description="give methods each test sample's true task at evaluation (an oracle, as the "
+        "SMoLoRA release does; recorded in the results). None/false: methods route on the input alone",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16", "8bit", "4bit"] = Field(
         "auto", description="how prism infer loads the model; auto = [backbone] train_precision "
         "(prism train evaluates with the model it trains)",

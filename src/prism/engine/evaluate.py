@@ -49,7 +49,7 @@ def evaluate_row(plan: Any, backbone: Any, method: Method, root: Path, position:
             batch_size=cfg.infer.batch_size, max_new_tokens=cfg.infer.max_new_tokens or spec.max_new_tokens,
             num_beams=cfg.infer.num_beams, temperature=cfg.infer.temperature,
             on_batch=reporter.eval_progress, num_workers=cfg.train.num_workers,
-            verify_images=cfg.benchmark.verify_images)
+            verify_images=cfg.benchmark.verify_images, task_oracle=bool(cfg.infer.task_oracle))
         result = score_task(spec, root, predictions, plan.resolved.project_dir)
         matrix.set(position, i, result.score)
         details[spec.name] = result.to_dict()
@@ -105,12 +105,15 @@ def add_routing(summary: dict[str, Any], layout: RunLayout, indices: list[int],
 
 
 def write_summary(layout: RunLayout, matrix: Any, *, joint: bool = False,
-                  indices: list[int] | None = None) -> dict[str, Any]:
+                  indices: list[int] | None = None, oracle: bool = False) -> dict[str, Any]:
     """Write cl_metrics.json next to the matrix; returns the summary.
 
     ``indices``: the run's task indices, to add the routing accuracy of routed methods.
+    ``oracle``: the run gave methods the test samples' task (``[infer] task_oracle``); it is recorded.
     """
     summary = summarize(matrix, joint=joint)
+    if oracle:
+        summary["task_oracle"] = True
     if indices is not None:
         add_routing(summary, layout, indices, list(matrix.task_names))
     store.write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)

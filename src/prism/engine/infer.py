@@ -53,5 +53,6 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
         # hashed above; sizes and the method's own needs (its adapters) are checked again here
         restore_checkpoint(method, layout.checkpoint(plan.indices[position]), hashes=False, **identity)
         evaluate_row(plan, backbone, method, root, position, matrix, reporter)
-    summary = write_summary(layout, matrix, joint=bool(method.joint), indices=plan.indices)
+    summary = write_summary(layout, matrix, joint=bool(method.joint), indices=plan.indices,
+                            oracle=bool(plan.config.infer.task_oracle))
     return layout, matrix, summary

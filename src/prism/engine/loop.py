@@ -225,8 +225,8 @@ def _training_records(plan: RunPlan, root: Path, position: int, reporter: Report
 def _close(run: _Run, outcome: TrainOutcome) -> TrainOutcome:
     """The CL metrics of the matrix (cl_metrics.json on rank 0); the engine and trackers shut."""
     joint = bool(run.method.joint)
-    outcome.summary = write_summary(run.plan.layout, run.matrix, joint=joint,
-                                    indices=run.plan.indices) if run.main else summarize(run.matrix, joint=joint)
+    outcome.summary = write_summary(run.plan.layout, run.matrix, joint=joint, indices=run.plan.indices,
+                                    oracle=bool(run.plan.config.infer.task_oracle)) if run.main else summarize(run.matrix, joint=joint)
     if run.deepspeed is not None:
         run.deepspeed.close()
     run.accelerator.end_training()

@@ -38,6 +38,8 @@ def rescore(resolved: Any) -> tuple[Any, Any, dict]:
                          hint="run `prism train` (or `prism infer` on saved checkpoints) first")
     summary = summarize(matrix, joint=bool(getattr(resolved.method_class, "joint", False)))
     add_routing(summary, layout, plan.indices, [t.name for t in plan.sequence])
+    if resolved.config.infer.task_oracle:
+        summary["task_oracle"] = True
     layout.results_dir.mkdir(parents=True, exist_ok=True)
     matrix.save(layout.results_dir / MATRIX_FILE)
     write_json_atomic(layout.results_dir / CL_METRICS_FILE, summary)

@@ -60,6 +60,9 @@ def render_report(matrix: AccuracyMatrix, *, summary: Mapping[str, Any] | None =
     out.append("")
     if summary.get("note"):
         out += [f"> {summary['note']}", ""]
+    if summary.get("task_oracle"):
+        out += ["> Task oracle: methods were told each test sample's true task (`[infer] task_oracle`); "
+                "these scores are not those of a model that must recognise the task itself.", ""]
     if summary.get("routing_accuracy"):
         out += ["## Routing", "",
                 "Share of test samples whose largest routing weight is on their own task's slot "

@@ -36,10 +36,11 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
                  out_path: Path, model_id: str, batch_size: int, max_new_tokens: int,
                  num_beams: int = 1, temperature: float = 0.0,
                  on_batch: Callable[[int, int], None] | None = None, num_workers: int | None = 0,
-                 verify_images: str = "size") -> list[dict[str, Any]]:
+                 verify_images: str = "size", task_oracle: bool = False) -> list[dict[str, Any]]:
     """Generate answers for ``records`` not yet in ``out_path``; return every prediction.
 
     ``num_workers`` None: the default for this machine (``[train] num_workers`` unset).
+    ``task_oracle``: the method is told the samples' task (``ForwardContext.oracle_task``).
     """
     from prism.benchmarks.data import TaskDataset
     from prism.engine.data_loader import load_batches, resolve_num_workers
@@ -62,7 +63,7 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     else:
         generation.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     finished = len(done)
-    context = ForwardContext("eval", num_beams=num_beams)
+    context = ForwardContext("eval", num_beams=num_beams, oracle_task=spec.name if task_oracle else None)
     if todo:
         prompts = TaskDataset(todo, backbone=backbone, root=root, specs=spec, prompts=True,
                               verify_images=verify_images)

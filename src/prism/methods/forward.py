@@ -25,10 +25,13 @@ class ForwardContext:
     """Why the model runs: a training step, a method's end-of-task pass, or evaluation.
 
     ``num_beams``: how many rows each sample becomes in the forward (beam search).
+    ``oracle_task``: None unless the user asked for an oracle (``[infer] task_oracle``).
     """
 
     phase: Phase
     num_beams: int = 1
+    #: the samples' true task, given only at evaluation with ``[infer] task_oracle = true``
+    oracle_task: str | None = None
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
