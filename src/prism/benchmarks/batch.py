@@ -25,6 +25,9 @@ class EncodedSample:
     record: dict
     instruction: str  # first human turn without <image>, stripped (what routers look at)
     task_index: int = 0
+    image_path: str | None = None  # the resolved image file (None without image)
+    #: the image's content identity: sha256 from the benchmark's image manifest, else path, size and mtime
+    image_id: str | None = None
 
 
 @dataclass
@@ -42,6 +45,9 @@ class Batch:
     records: list[dict] = field(default_factory=list)
     instructions: list[str] = field(default_factory=list)
     task_indices: list[int] = field(default_factory=list)
+    #: per sample: the resolved image file and its content identity (None without image)
+    image_paths: list[str | None] = field(default_factory=list)
+    image_ids: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -100,4 +106,6 @@ def collate(samples: Sequence[EncodedSample], pad_token_id: int, padding_side: s
         records=[s.record for s in samples],
         instructions=[s.instruction for s in samples],
         task_indices=[s.task_index for s in samples],
+        image_paths=[s.image_path for s in samples],
+        image_ids=[s.image_id for s in samples],
     )

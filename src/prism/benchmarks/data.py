@@ -118,16 +118,27 @@ def _with_placeholder(text: str) -> str:
 
 
 def _image_pixels(record: dict, backbone: "LoadedBackbone | Encoder", root: Path, task: TaskSpec,
-                  context: str, verifier: ImageVerifier | None = None) -> torch.Tensor | None:
+                  context: str, verifier: ImageVerifier | None = None
+                  ) -> tuple[torch.Tensor | None, str | None, str | None]:
+    """(pixels, resolved path, content identity) of the record's image; Nones without one."""
     if not record.get("image"):
-        return None
+        return None, None, None
     try:
         path = resolve_image(Path(root), task, record["image"])
     except DataError as exc:
         raise DataError(f"{exc.message} ({context})", hint=IMAGE_HINT) from None
     key = image_key(task.image_root, record["image"]) if verifier is not None else None
     image = load_image(path, context=context, verifier=verifier, key=key)
-    return pixel_values([image], backbone.image_processor)[0]
+    return pixel_values([image], backbone.image_processor)[0], str(path), _identity(path, verifier, key)
+
+
+def _identity(path: Path, verifier: ImageVerifier | None, key: str | None) -> str:
+    """The manifest's sha256 of the image when there is a manifest, else its path, size and mtime."""
+    entry = verifier.manifest.get(key) if verifier is not None and key is not None else None
+    if entry is not None:
+        return f"sha256:{entry.sha256}"
+    stat = path.stat()
+    return f"file:{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def _context(task: TaskSpec, root: Path, filename: str, record: dict, key: str) -> str:
@@ -152,9 +163,9 @@ def encode_train(record: dict, backbone: "LoadedBackbone | Encoder", root: Path,
     has_image = bool(record.get("image"))
     turns = _train_turns(record)
     ids, labels = encode_text(turns, backbone, num_images=int(has_image), add_generation_prompt=False)
-    pixels = _image_pixels(record, backbone, root, task, _context(task, root, task.train_file, record, "id"),
-                           verifier)
-    return EncodedSample(ids, labels, pixels, record, _first_human(turns[0][1]), task_index)
+    pixels, path, identity = _image_pixels(record, backbone, root, task,
+                                           _context(task, root, task.train_file, record, "id"), verifier)
+    return EncodedSample(ids, labels, pixels, record, _first_human(turns[0][1]), task_index, path, identity)
 
 
 def encode_prompt(record: dict, backbone: "LoadedBackbone | Encoder", root: Path, task: TaskSpec,
@@ -163,9 +174,9 @@ def encode_prompt(record: dict, backbone: "LoadedBackbone | Encoder", root: Path
     has_image = bool(record.get("image"))
     text = _prompt_text(record)
     ids, _ = encode_text([("human", text)], backbone, num_images=int(has_image), add_generation_prompt=True)
-    pixels = _image_pixels(record, backbone, root, task,
-                           _context(task, root, task.test_file, record, "question_id"), verifier)
-    return EncodedSample(ids, None, pixels, record, _first_human(text), task_index)
+    pixels, path, identity = _image_pixels(record, backbone, root, task,
+                                           _context(task, root, task.test_file, record, "question_id"), verifier)
+    return EncodedSample(ids, None, pixels, record, _first_human(text), task_index, path, identity)
 
 
 def token_lengths(records: Sequence[dict], backbone: "LoadedBackbone | Encoder", *,
