@@ -57,3 +57,21 @@ def test_features_are_computed_once_per_image_and_tower(synthetic_data):
     cache.tower = other
     cache.image_features(batch)
     assert other.calls == len(batch) - 1  # another tower's features are never reused
+
+
+def test_pooled_text_is_clips_text_feature_before_the_projection():
+    from prism.backbones.routing_features import PooledClipText
+
+    tower = load_routing_tower("builtin:tiny-clip")
+    pooled = PooledClipText(tower)
+    texts = ["What colour is the shape?", "<image>\nHow many shapes are in the image?"]
+    features = pooled.text_embeddings(texts)
+    assert features.shape == (2, pooled.dim) and pooled.dim == tower.model.config.text_config.hidden_size
+    assert torch.allclose(features.norm(dim=-1), torch.ones(2), atol=1e-5)
+    encoded = tower.tokenizer([t.replace("<image>", "").strip() for t in texts], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        raw = tower.model.text_model(**encoded).pooler_output
+        projected = torch.nn.functional.normalize(tower.model.text_projection(raw), dim=-1)
+    assert torch.allclose(projected, tower.text_embeddings(texts), atol=1e-5)
+    assert torch.allclose(torch.nn.functional.normalize(raw, dim=-1), features, atol=1e-5)
+    assert pooled.fingerprint != tower.fingerprint

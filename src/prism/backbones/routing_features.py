@@ -6,7 +6,8 @@ so a feature made by one tower is never served for another. Text features are ca
 by the instruction text and the encoder. The text encoder is pluggable: the routing
 tower's CLIP text model by default (projected features, in the image space), or any
 object with ``text_embeddings(texts) -> [N, dim]``, ``dim`` and ``fingerprint`` (e.g. a
-sentence-transformers model, as SMoLoRA routes instructions).
+sentence-transformers model, as SMoLoRA routes instructions). ``PooledClipText`` is CLIP's
+pooled text output before the projection (what HiDe-LLaVA's release routes on).
 """
 
 from __future__ import annotations
@@ -71,6 +72,37 @@ class FeatureCache:
     def _get(store: OrderedDict, key: Any) -> torch.Tensor:
         store.move_to_end(key)
         return store[key]
+
+
+class PooledClipText:
+    """The routing tower's text features before CLIP's projection: ``[N, text hidden size]`` unit vectors.
+
+    Its fingerprint differs from the tower's, so cached or stored projected features are
+    never taken for pooled ones.
+    """
+
+    def __init__(self, tower: Any):
+        self.tower = tower
+
+    @property
+    def dim(self) -> int:
+        return int(self.tower.model.config.text_config.hidden_size)
+
+    @property
+    def fingerprint(self) -> str:
+        return f"{self.tower.fingerprint}:pooled-text"
+
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        from prism.backbones.routing import instruction_text
+
+        tower = self.tower
+        encoded = tower.tokenizer([instruction_text(t) for t in texts], padding=True, truncation=True,
+                                  max_length=tower.max_text_tokens, return_tensors="pt")
+        device = next(tower.model.parameters()).device
+        with torch.no_grad():
+            pooled = tower.model.text_model(input_ids=encoded["input_ids"].to(device),
+                                            attention_mask=encoded["attention_mask"].to(device)).pooler_output
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
 
 
 def _paths(batch: Any) -> Sequence[str | None]:
