@@ -55,14 +55,15 @@ def open_router_context(model: nn.Module, sample: dict[str, Tensor] | None = Non
     from prism.adapters.layers import LoRALinear
 
     context = RouterContext(attention_mask=attention_mask, sample=dict(sample or {}))
-    if not getattr(model, "_prism_router_hooks", False):
+    layers = getattr(model, "_prism_router_layers", None)
+    if layers is None:  # once per model: hooks, and the adapted layers (not a walk of every module per batch)
         model.register_forward_pre_hook(_before_forward, with_kwargs=True)
         model.register_forward_hook(_after_forward)
-        model._prism_router_hooks = True
+        layers = [module for module in model.modules() if isinstance(module, LoRALinear)]
+        model._prism_router_layers = layers
     setattr(model, _CONTEXT_ATTR, context)
-    for module in model.modules():
-        if isinstance(module, LoRALinear):
-            module.context = context
+    for layer in layers:
+        layer.context = context
     return context
 
 
