@@ -406,7 +406,7 @@ def test_cli_trains_tiny_internvl_on_the_synthetic_benchmark(project):
     for item in sets:
         args += ["--set", item]
     result = run_cli(args, cwd=project)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     data = json.loads(result.stdout)
     assert data["tasks"] == ["colour"] and len(data["matrix"]) == 1
     checkpoint = project / "outputs/checkpoints/synthetic/ft_lora/Task0_internvl"
@@ -518,7 +518,7 @@ def test_cli_trains_and_generates_with_an_original_internvl_chat_release(origina
     for item in sets:
         args += ["--set", item]
     result = run_cli(args, cwd=project)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     assert json.loads(result.stdout)["tasks"] == ["colour"]
     checkpoint = project / "outputs/checkpoints/synthetic/ft_lora/Task0_internvl"
     assert (checkpoint / "adapter_model.safetensors").is_file()

@@ -575,7 +575,7 @@ def test_cli_trains_and_generates_with_an_original_checkpoint(original, project)
             "benchmark.max_train_samples=8", "benchmark.max_test_samples=2", "infer.batch_size=2",
             "infer.max_new_tokens=3"]
     result = run_cli(["train", "--tasks", "0", *[arg for s in sets for arg in ("--set", s)]], cwd=project)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     predictions = list((project / "outputs").rglob("*.jsonl"))
     assert predictions, result
     rows = [json.loads(line) for p in predictions for line in p.read_text().splitlines() if line.strip()]

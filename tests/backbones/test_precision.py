@@ -224,7 +224,7 @@ def test_prism_train_runs_in_bf16_on_cpu(project):
     result = run_cli(["train", "--tasks", "0", "--train-precision", "bf16", "--set", "train.max_steps=2",
                       "--set", "benchmark.max_train_samples=32", "--set", "benchmark.max_test_samples=4",
                       "--json"], cwd=project)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     results = project / "outputs" / "results" / "synthetic" / "ft_lora"
     logged = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in logged if "loss" in row]

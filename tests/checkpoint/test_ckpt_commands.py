@@ -46,7 +46,7 @@ def test_inspect_takes_a_folder_outside_the_configured_output(trained_project, c
     empty.mkdir()
     (empty / "prism.toml").write_text((trained_project / "prism.toml").read_text())
     code, out, err = cli(["ckpt", "inspect", str(elsewhere), "--json"], empty)
-    assert code == 0, err
+    assert code == 0, str(err)
     report = json.loads(out)
     assert report["path"] == str(elsewhere) and report["verified"]
     assert report["state"]["tasks_seen"] == ["colour", "shape_mc"]
@@ -59,7 +59,7 @@ def test_inspect_takes_a_folder_outside_the_configured_output(trained_project, c
 def test_list_shows_a_corrupted_checkpoint_and_the_rest(run_copy, cli, file, corrupt):
     corrupt(checkpoint(run_copy, 0) / file)
     code, out, err = cli(["ckpt", "list", "--json"], run_copy)
-    assert code == 0, err
+    assert code == 0, str(err)
     rows = {row["name"]: row for row in json.loads(out)}
     assert rows["Task1_llava"]["status"] == "ok" and rows["Task1_llava"]["tasks_seen"] == ["colour", "shape_mc"]
     assert rows["Task0_llava"]["status"] == "does not verify"
@@ -71,7 +71,7 @@ def test_list_shows_a_corrupted_checkpoint_and_the_rest(run_copy, cli, file, cor
 # -- verify --------------------------------------------------------------------------------------
 def test_verify_every_checkpoint_of_the_run(trained_project, cli):
     code, out, err = cli(["ckpt", "verify", "--json"], trained_project)
-    assert code == 0, err
+    assert code == 0, str(err)
     reports = json.loads(out)
     assert [r["name"] for r in reports] == ["Task0_llava", "Task1_llava"]
     assert all(r["verified"] and r["problems"] == [] and r["files"] == 3 for r in reports)
@@ -96,7 +96,7 @@ def test_verify_rehashes_and_names_each_bad_file(run_copy, cli):
 def test_verify_names_and_paths(run_copy, cli, tmp_path):
     overwrite_weights(checkpoint(run_copy, 0))
     code, _, err = cli(["ckpt", "verify", "Task1_llava"], run_copy)
-    assert code == 0, err
+    assert code == 0, str(err)
     moved = tmp_path / "moved" / "Task0_llava"
     shutil.copytree(checkpoint(run_copy, 0), moved)
     code, out, err = cli(["ckpt", "verify", str(moved), "Task1_llava", "--json"], run_copy)

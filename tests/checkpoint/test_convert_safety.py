@@ -67,7 +67,7 @@ def test_killed_conversions_leave_nothing_behind_running_ones_are_left_alone(rel
             folder.mkdir()
             (folder / "model.safetensors").write_bytes(b"half written")
         code, _, err = cli(["ckpt", "convert", str(release), str(dst), "--dtype", "float32"], tmp_path)
-        assert code == 0, err
+        assert code == 0, str(err)
         assert sorted(p.name for p in dst.parent.iterdir()) == sorted([dst.name] + [p.name for p in kept])
         assert (dst / "model.safetensors").is_file()
     finally:
@@ -127,7 +127,7 @@ def test_pickled_bin_shards_are_refused_unread(release, original, cli, tmp_path,
     command = err.split('python -c "', 1)[1].split('" (model.safetensors', 1)[0]
     subprocess.run([sys.executable, "-c", command], check=True, timeout=300)
     code, _, err = cli(["ckpt", "convert", str(release), str(tmp_path / "hf"), "--dtype", "float32"], tmp_path)
-    assert code == 0, err
+    assert code == 0, str(err)
     assert (tmp_path / "hf" / "model.safetensors").is_file()
 
 

@@ -493,7 +493,7 @@ def test_cli_adapter_only_export_as_json(runs, tmp_path):
     _, checkpoint = done["olora"]
     result = run_cli(["ckpt", "export", checkpoint.name, "--set", "method.id='olora'", "--to",
                       str(tmp_path / "olora"), "--adapter-only", "--json"], cwd=project)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     record = json.loads(result.stdout)
     slots = json.loads((checkpoint / "prism_state.json").read_text())["method_state"]["slots"]
     assert len(slots) == 3 and record["lora"]["r"] == sum(spec["r"] for spec in slots.values())

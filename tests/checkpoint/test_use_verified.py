@@ -85,7 +85,7 @@ def test_no_verify_runs_without_hashing(run_copy, cli, monkeypatch):
 
     monkeypatch.setattr(store, "sha256_file", only_the_manifest)
     code, out, err = cli(["infer", "--no-verify", "--json"], run_copy)
-    assert code == 0, err
+    assert code == 0, str(err)
     assert json.loads(out)["matrix"] == expected["matrix"]
 
 

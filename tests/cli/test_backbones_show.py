@@ -15,7 +15,7 @@ ON_CPU = not torch.cuda.is_available()
 
 def test_show_llava_json(tmp_path):
     result = run_cli(["backbones", "show", "llava", "--json"], cwd=tmp_path)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     info = json.loads(result.stdout)
     assert info["id"] == "llava" and info["class"] == "prism.backbones.llava:LlavaBackbone"
     assert "LlavaForConditionalGeneration" in info["loads"]

@@ -74,7 +74,7 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 def test_show_json(methods, project, capsys):
     path = _write(project, '[method]\nid = "ewc"\n\n[train]\nepochs = 2\n')
     code, out, err = run(["config", "show", "--json", "--set", "infer.batch_size=8", "--method", "ewc"], capsys)
-    assert code == 0, err
+    assert code == 0, str(err)
     data = json.loads(out)
     assert set(data) == {"config", "sources", "config_path", "hash"}
     assert data["config_path"] == str(path.resolve())
@@ -316,7 +316,7 @@ def test_schema_errors_and_run_checks_are_reported_together(real_project, capsys
 
 def test_validate_does_not_download_a_hub_model(real_project, capsys):
     code, out, err = run(["config", "validate", "--set", "backbone.model='someone/llava-7b'"], capsys)
-    assert code == 0, err
+    assert code == 0, str(err)
     assert "not checked: [backbone] model = 'someone/llava-7b': a hub id" in " ".join(err.split())
     code, out, err = run(["config", "validate", "--json", "--set", "backbone.routing_tower='openai/clip'"], capsys)
     assert code == 0 and json.loads(out)["not_checked"] == [
@@ -328,7 +328,7 @@ def test_validate_accepts_local_folders_relative_to_the_project(real_project, ca
     (real_project / "models" / "empty").mkdir()
     code, out, err = run(["config", "validate", "--set", "backbone.model='models/tiny'",
                           "--set", "backbone.routing_tower='builtin:tiny-clip'"], capsys)
-    assert code == 0, err
+    assert code == 0, str(err)
     code, out, err = run(["config", "validate", "--set", "backbone.model='models/empty'"], capsys)
     assert code == 2 and "has no config.json" in " ".join(err.split())
 

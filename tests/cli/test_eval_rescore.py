@@ -38,7 +38,7 @@ def test_an_empty_prediction_file_in_a_run_is_a_data_error_naming_it(tmp_path, s
                                 "model_id": "m"}) + "\n" for r in test_records)
     (project / PREDICTIONS).write_text(lines, encoding="utf-8")
     scored = run_cli(["eval", "--tasks", "0", "--json"], cwd=project)
-    assert scored.code == 0, scored
+    assert scored.code == 0, str(scored)
     assert json.loads(scored.stdout)["matrix"] == [[100.0]]
 
     before = _snapshot(project / "outputs")

@@ -28,7 +28,7 @@ def run(args: list[str], capsys) -> tuple[int, str, str]:
 
 def test_init_writes_the_template_here(cwd, capsys):
     code, out, err = run(["init"], capsys)
-    assert code == 0, err
+    assert code == 0, str(err)
     assert (cwd / "prism.toml").read_text(encoding="utf-8") == default_toml_text()
     assert "next steps" in err and "prism train" in err and "cd " not in err
     assert out == ""
@@ -37,7 +37,7 @@ def test_init_writes_the_template_here(cwd, capsys):
 
 def test_init_into_a_new_folder(cwd, capsys):
     code, out, err = run(["init", "new/project"], capsys)
-    assert code == 0, err
+    assert code == 0, str(err)
     assert (cwd / "new" / "project" / "prism.toml").read_text(encoding="utf-8") == default_toml_text()
     assert "cd new/project" in err
 

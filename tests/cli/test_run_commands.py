@@ -31,17 +31,17 @@ def _sets() -> list[str]:
 
 def test_train_infer_eval_ckpt(project):
     result = run_cli(["train", "--tasks", "0-1", *_sets(), "--json"], cwd=project)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     data = json.loads(result.stdout)
     assert data["tasks"] == ["colour", "shape_mc"] and len(data["matrix"]) == 2
     assert "after task" in result.stderr  # the human table goes to stderr
 
     listed = run_cli(["ckpt", "list", "--json"], cwd=project)
-    assert listed.code == 0, listed
+    assert listed.code == 0, str(listed)
     assert [c["name"] for c in json.loads(listed.stdout)] == ["Task0_llava", "Task1_llava"]
 
     inspected = run_cli(["ckpt", "inspect", "Task1_llava", "--json"], cwd=project)
-    assert inspected.code == 0, inspected
+    assert inspected.code == 0, str(inspected)
     report = json.loads(inspected.stdout)
     assert report["verified"] and report["state"]["tasks_seen"] == ["colour", "shape_mc"]
     assert report["adapter_config"]["peft_type"] == "LORA"
@@ -50,11 +50,11 @@ def test_train_infer_eval_ckpt(project):
     assert missing.code == 1 and "Traceback" not in missing.stderr
 
     inferred = run_cli(["infer", "--tasks", "0-1", *_sets(), "--json"], cwd=project)
-    assert inferred.code == 0, inferred
+    assert inferred.code == 0, str(inferred)
     assert json.loads(inferred.stdout)["matrix"] == data["matrix"]
 
     evaluated = run_cli(["eval", "--tasks", "0-1", *_sets(), "--json"], cwd=project)
-    assert evaluated.code == 0, evaluated
+    assert evaluated.code == 0, str(evaluated)
     out = json.loads(evaluated.stdout)
     assert out["matrix"] == data["matrix"]
     for path in out["artifacts"].values():
@@ -62,7 +62,7 @@ def test_train_infer_eval_ckpt(project):
 
     pred = project / "outputs/predictions/synthetic/ft_lora/Task0_llava/colour.jsonl"
     scored = run_cli(["eval", "score", str(pred), "--metric", "exact_match", "--json"], cwd=project)
-    assert scored.code == 0, scored
+    assert scored.code == 0, str(scored)
     assert json.loads(scored.stdout)["score"] == data["matrix"][0][0]
 
 
@@ -87,7 +87,7 @@ def test_broken_local_plugin_does_not_break_methods_list(project):
     (project / "plugins").mkdir()
     (project / "plugins" / "broken.py").write_text("raise ImportError('this plugin is broken')\n")
     listed = run_cli(["methods", "list", "--json"], cwd=project)
-    assert listed.code == 0, listed
+    assert listed.code == 0, str(listed)
     assert "ft_lora" in {m["id"] for m in json.loads(listed.stdout)}
     plugins = run_cli(["plugins", "--json"], cwd=project)
     broken = [p for p in json.loads(plugins.stdout) if p["name"] == "local:broken"]
@@ -96,7 +96,7 @@ def test_broken_local_plugin_does_not_break_methods_list(project):
 
 def test_methods_show(project):
     shown = run_cli(["methods", "show", "ft_lora", "--json"], cwd=project)
-    assert shown.code == 0, shown
+    assert shown.code == 0, str(shown)
     params = {p["name"]: p for p in json.loads(shown.stdout)["params"]}
     assert {"r", "alpha", "dropout", "target_modules"} <= set(params)
     unknown = run_cli(["methods", "show", "ft_lroa"], cwd=project)

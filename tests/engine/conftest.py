@@ -59,7 +59,7 @@ def ewc_run(tmp_path_factory, synthetic_data):
             project = new_project(tmp_path_factory.mktemp(name), synthetic_data)
             env = {"OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir())}
             result = run_cli(["train", *EWC_RUN, *extra], cwd=project, env=env)
-            assert result.code == 0, result
+            assert result.code == 0, str(result)
             done[name] = (project, result)
         return done[name]
 

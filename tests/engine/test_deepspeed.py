@@ -143,7 +143,7 @@ def test_zero3_step_checkpoint_resumes_to_the_uninterrupted_run(runs, tmp_path, 
 
     resumed = run_cli(args, cwd=project, env={"OMP_NUM_THREADS": "1",
                                               "TORCH_EXTENSIONS_DIR": str(torch_extensions_dir())})
-    assert resumed.code == 0, resumed
+    assert resumed.code == 0, str(resumed)  # a str: pytest prints all of it
     reference = runs["zero3"][0]
     for name in ("adapter_model.safetensors", "prism_state.safetensors"):  # adapters, EWC's θ* and Fisher
         mine = load_file(str(project / CHECKPOINTS / "Task0_llava" / name))

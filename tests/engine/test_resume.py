@@ -107,7 +107,7 @@ def reference(tmp_path_factory, synthetic_data) -> dict:
         (project / "data").mkdir()
         (project / "data" / "synthetic").symlink_to(synthetic_data, target_is_directory=True)
         result = run_cli(["train", *RUN], cwd=project)
-        assert result.code == 0, result
+        assert result.code == 0, str(result)
         out[name] = project
     return out
 
@@ -139,7 +139,7 @@ def test_sigkill_then_resume_equals_uninterrupted(fault, project, tmp_path, refe
         task0_mtime = (checkpoints / "Task0_llava" / "manifest.json").stat().st_mtime_ns
 
     resumed = run_cli(["train", *RUN], cwd=project)
-    assert resumed.code == 0, resumed
+    assert resumed.code == 0, str(resumed)
     _assert_same(_adapters(project, 1), _adapters(reference["first"], 1))
     _assert_same(_adapters(project, 0), _adapters(reference["first"], 0))
     if position == 1:
@@ -159,7 +159,7 @@ def test_sigkill_with_data_loader_workers_then_resume_equals_uninterrupted(proje
     killed = _driver(tmp_path, project, "after-step-save:1:12", *workers)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     resumed = run_cli(["train", *RUN, *workers], cwd=project)
-    assert resumed.code == 0, resumed
+    assert resumed.code == 0, str(resumed)
     _assert_same(_adapters(project, 1), _adapters(reference["first"], 1))
     _assert_same(_adapters(project, 0), _adapters(reference["first"], 0))
     steps = [r["step"] for r in _metrics(project) if r["task"] == "shape_mc"]
@@ -178,7 +178,7 @@ def test_asynchronous_sigkill_during_training(project, reference):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     resumed = run_cli(["train", *RUN], cwd=project)
-    assert resumed.code == 0, resumed
+    assert resumed.code == 0, str(resumed)
     _assert_same(_adapters(project, 1), _adapters(reference["first"], 1))
 
 
@@ -200,5 +200,5 @@ def test_ctrl_c_saves_a_step_checkpoint_and_exits_130(project, reference):
                           .read_text())
     assert 1 <= progress["step"] < 24
     resumed = run_cli(["train", *RUN, "--set", "train.save_every_steps=0"], cwd=project)
-    assert resumed.code == 0, resumed
+    assert resumed.code == 0, str(resumed)
     _assert_same(_adapters(project, 1), _adapters(reference["first"], 1))

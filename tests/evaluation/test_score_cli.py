@@ -53,7 +53,7 @@ def test_a_file_with_predictions_still_scores(tmp_path):
     path = tmp_path / "predictions.jsonl"
     path.write_text(GOOD, encoding="utf-8")
     result = run_cli(["eval", "score", str(path), "--metric", "exact_match", "--json"], cwd=tmp_path)
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     assert json.loads(result.stdout)["score"] == 50.0 and json.loads(result.stdout)["n"] == 2
 
 
@@ -88,7 +88,7 @@ def test_vqa_accuracy_with_an_annotation_file_is_m4cs_value(tmp_path, layout):
 def test_the_human_output_counts_what_did_not_join(tmp_path):
     pred_path, gt_path = _files(tmp_path, textvqa_layout(), VQA_PREDS)
     result = _score(tmp_path, pred_path, gt_path, "vqa_accuracy")
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     lines = result.stderr.splitlines()
     assert lines[0] == "vqa_accuracy: 83.33 over 3 predictions"
     assert lines[1] == (f"ground truth: {gt_path} (TextVQA annotations); 1 predictions without ground truth, "
@@ -104,7 +104,7 @@ def test_the_human_output_counts_what_did_not_join(tmp_path):
 def test_item_metrics_with_a_test_json(tmp_path, metric, gt_data, predictions, expected):
     pred_path, gt_path = _files(tmp_path, gt_data, predictions)
     result = _score(tmp_path, pred_path, gt_path, metric, "--json")
-    assert result.code == 0, result
+    assert result.code == 0, str(result)
     assert json.loads(result.stdout)["score"] == pytest.approx(expected)
     assert json.loads(result.stdout)["ground_truth"]["layout"] == TEST_JSON
 

@@ -147,7 +147,7 @@ def broken_project(tmp_path) -> Path:
 
 def test_cli_keeps_working_with_exiting_local_plugins(broken_project):
     rows = run_cli(["plugins", "--json"], cwd=broken_project)
-    assert rows.code == 0, rows
+    assert rows.code == 0, str(rows)
     by_name = {row["name"]: row for row in json.loads(rows.stdout)}  # argparse printed nothing on stdout
     assert by_name["local:argy"]["status"] == "error"
     assert "SystemExit(2)" in by_name["local:argy"]["errors"][0]
@@ -156,11 +156,11 @@ def test_cli_keeps_working_with_exiting_local_plugins(broken_project):
     assert by_name["local:good"]["ok"] and by_name["local:good"]["provides"] == {"method": ["good_method"]}
 
     table = run_cli(["plugins"], cwd=broken_project, env={"COLUMNS": "400"})
-    assert table.code == 0, table
+    assert table.code == 0, str(table)
     assert "local:argy" in table.stderr and "SystemExit(2)" in table.stderr and "usage:" not in table.stderr
 
     methods = run_cli(["methods", "list", "--json"], cwd=broken_project)
-    assert methods.code == 0, methods
+    assert methods.code == 0, str(methods)
     assert {"ft_lora", "good_method"} <= {m["id"] for m in json.loads(methods.stdout)}
 
 
