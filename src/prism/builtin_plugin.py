@@ -14,6 +14,10 @@ def register_methods(register):
              "one LoRA trained on each task in turn, nothing against forgetting")
     register("ewc", "prism.methods.ewc:EWC", "one LoRA + diagonal-Fisher penalty pulling weights toward earlier tasks' optima")
     register("olora", "prism.methods.olora:OLoRA", "a new LoRA slot per task, orthogonal to earlier slots; all slots summed at inference")
+    register("hide_llava", "prism.methods.hide_llava:HiDeLLaVA",
+             "a LoRA slot per task; the top layer mixes slots by CLIP anchor similarity, lower layers fuse them")
+    register("disco", "prism.methods.disco:DisCo",
+             "a LoRA subspace per task, mixed per sample by instruction-prototype similarity")
     register("joint", "prism.methods.joint:Joint",
              "one LoRA trained on the union of all tasks' data: the multi-task upper bound")
     register("replay_lora", "prism.methods.replay_lora:ReplayLoRA",

@@ -49,6 +49,11 @@ class TaskAnchors:
             self._sums[task] = rows.sum(0)
         self._counts[task] = self._counts.get(task, 0) + rows.shape[0]
 
+    def forget(self, task: str) -> None:
+        """Drop ``task``'s anchor (a task trained again gets a fresh one)."""
+        self._sums.pop(task, None)
+        self._counts.pop(task, None)
+
     def matrix(self, tasks: Sequence[str] | None = None) -> "torch.Tensor":
         """``[T, dim]`` unit-length anchors of ``tasks`` (default: all, in the order added)."""
         import torch

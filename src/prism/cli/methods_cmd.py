@@ -61,20 +61,25 @@ def show(method_id: MethodIdArg, json_: JsonOpt = False) -> None:
     if json_:
         emit_json(info)
         return
+    import inspect
+
+    from rich.markup import escape
     from rich.table import Table
 
-    console = stderr_console()
-    console.print(f"[bold]{entry.id}[/] — {entry.summary}  [dim]({entry.provider}, {info['class']})[/]")
+    console = stderr_console()  # texts are escaped: "[train] lr" is a TOML table, not rich markup
+    console.print(f"[bold]{escape(entry.id)}[/] — {escape(entry.summary)}  "
+                  f"[dim]({escape(entry.provider)}, {escape(info['class'])})[/]")
     if info["params_doc"]:
-        console.print(info["params_doc"], highlight=False)
-    table = Table(title=f"[method.{entry.id}] parameters", title_justify="left")
+        console.print(escape(" ".join(inspect.cleandoc(info["params_doc"]).split())), highlight=False)
+    table = Table(title=escape(f"[method.{entry.id}] parameters"), title_justify="left")
     for column in ("name", "type", "default", "meaning"):
         table.add_column(column)
     for f in fields:
-        table.add_row(f["name"], f["type"], "required" if f["required"] else repr(f["default"]), f["description"])
+        table.add_row(escape(f["name"]), escape(f["type"]),
+                      "required" if f["required"] else escape(repr(f["default"])), escape(f["description"]))
     console.print(table)
     if info["config_defaults"]:
-        console.print(f"config defaults this method sets: {info['config_defaults']}")
+        console.print(escape(f"config defaults this method sets: {info['config_defaults']}"))
 
 
 def register(app: typer.Typer) -> None:
