@@ -75,3 +75,20 @@ def test_momentum_blends_the_snapshot_back(adapters):
         assert torch.allclose(param, 0.75 * saved[path] + 0.25 * (saved[path] + 1.0), atol=1e-6)
     with pytest.raises(ValueError, match="keep"):
         interpolate(adapters, saved, keep=1.5)
+
+
+def test_add_slot_draws_a_as_asked_and_takes_an_explicit_scaling():
+    model = build_tiny_llava()
+    adapters = inject_adapters(model, ATTN_AND_FFN)
+    adapters.add_slot("kaiming", r=4, alpha=8.0, seed=0)
+    adapters.add_slot("normal", r=4, alpha=8.0, seed=0, init=0.01)  # CoIN's MoELoRA: A ~ N(0, 0.01)
+    adapters.add_slot("expert", r=2, alpha=0.0, seed=0, scaling=96 / 48)  # one expert of a split rank 48
+    layer = next(iter(adapters.layers.values()))
+    normal = layer.lora_A["normal"].weight
+    assert abs(float(normal.std()) - 0.01) < 0.003 and not torch.equal(normal, layer.lora_A["kaiming"].weight)
+    bound = 1 / layer.in_features ** 0.5  # kaiming-uniform with a=√5 stays inside ±1/√fan_in
+    assert float(layer.lora_A["kaiming"].weight.abs().max()) <= bound
+    assert layer.scaling["expert"] == 2.0 and adapters.spec("expert").alpha == 4.0
+    assert layer.scaling["kaiming"] == 2.0 and torch.count_nonzero(layer.lora_B["normal"].weight) == 0
+    with pytest.raises(ValueError, match="init"):
+        adapters.add_slot("bad", r=2, alpha=2.0, init="xavier")

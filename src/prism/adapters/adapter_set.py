@@ -7,6 +7,7 @@ and how slots are mixed, and holds the adapter state dict. ``inject_adapters``
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, Union
@@ -14,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from prism.adapters.layers import DeltaFn, LoRALinear, Mix, SlotSpec
+from prism.adapters.layers import DeltaFn, LoRALinear, Mix, SlotInit, SlotSpec
 from prism.adapters.routing import RouterFactory
 from prism.errors import CheckpointError
 
@@ -110,13 +111,22 @@ class AdapterSet:
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         exist_ok: bool = False,
+        init: SlotInit = "kaiming",
+        scaling: float | None = None,
     ) -> None:
         """Add a zero-initialised slot to every selected layer (the model's output is unchanged).
 
         A is drawn layer by layer, in model order, from ``generator`` (or a generator seeded
-        with ``seed``; else the global RNG). ``dtype`` defaults to float32, as peft keeps
-        adapter weights in float32 over a half-precision base.
+        with ``seed``; else the global RNG), as ``init`` says ("kaiming", "gaussian" or a std).
+        ``scaling`` sets the update's factor directly (e.g. α / r_total for one expert of a
+        split rank); ``alpha`` is then ignored and recorded as the equivalent ``scaling · r``.
+        ``dtype`` defaults to float32, as peft keeps adapter weights in float32 over a
+        half-precision base.
         """
+        if scaling is not None:
+            if scaling <= 0:
+                raise ValueError(f"slot {name!r}: scaling must be > 0, got {scaling!r}")
+            alpha = float(scaling) * (math.sqrt(int(r)) if use_rslora else int(r))
         spec = SlotSpec(int(r), float(alpha), float(dropout), bool(use_rslora))
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
@@ -125,7 +135,7 @@ class AdapterSet:
                 if exist_ok and layer.specs[name] == spec:
                     continue
                 raise ValueError(f"{layer.path}: slot {name!r} already exists ({layer.specs[name]})")
-            layer.add_slot(name, spec, generator=generator, dtype=dtype)
+            layer.add_slot(name, spec, generator=generator, dtype=dtype, init=init)
 
     def remove_slot(self, name: str) -> None:
         self._check_slots([name])

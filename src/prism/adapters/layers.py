@@ -86,10 +86,25 @@ class Mix:
         }
 
 
-def init_lora_a(weight: Tensor, generator: torch.Generator | None) -> None:
-    """LoRA's init of A (kaiming-uniform, a=√5), drawn on the CPU so a seed gives the same values anywhere."""
+#: How a slot's A is drawn: "kaiming" (LoRA's and peft's default, kaiming-uniform with a=√5),
+#: "gaussian" (peft's init_lora_weights="gaussian": N(0, 1/r)) or a float: N(0, std) with that
+#: std (CoIN's MoELoRA draws A from N(0, 0.01)).
+SlotInit = str | float
+
+
+def init_lora_a(weight: Tensor, generator: torch.Generator | None, init: SlotInit = "kaiming") -> None:
+    """Draw A as ``init`` says, on the CPU, so a seed gives the same values on any device."""
     values = torch.empty(weight.shape, dtype=torch.float32)
-    nn.init.kaiming_uniform_(values, a=math.sqrt(5), generator=generator)
+    if isinstance(init, (int, float)) and not isinstance(init, bool):
+        if init <= 0:
+            raise ValueError(f"a slot's init std must be > 0, got {init!r}")
+        nn.init.normal_(values, std=float(init), generator=generator)
+    elif init == "kaiming":
+        nn.init.kaiming_uniform_(values, a=math.sqrt(5), generator=generator)
+    elif init == "gaussian":
+        nn.init.normal_(values, std=1.0 / weight.shape[0], generator=generator)
+    else:
+        raise ValueError(f"unknown slot init {init!r}: use 'kaiming', 'gaussian' or a std (a number > 0)")
     with torch.no_grad():
         weight.copy_(values)
 
@@ -157,15 +172,16 @@ class LoRALinear(nn.Module):
         generator: torch.Generator | None = None,
         dtype: torch.dtype | None = None,
         device: Any = None,
+        init: SlotInit = "kaiming",
     ) -> None:
-        """Add slot ``name``: A kaiming-uniform from ``generator``, B zero (the layer's output is unchanged)."""
+        """Add slot ``name``: A drawn from ``generator`` as ``init`` says, B zero (the output is unchanged)."""
         _check_slot_name(name)
         if name in self.lora_A:
             raise ValueError(f"{self.path or 'layer'}: slot {name!r} already exists")
         device = module_device(self.base_layer) if device is None else device
         dtype = torch.float32 if dtype is None else dtype
         lora_a = _new_linear(self.in_features, spec.r, device, dtype)
-        init_lora_a(lora_a.weight, generator)
+        init_lora_a(lora_a.weight, generator, init)
         self.lora_A[name] = lora_a
         self.lora_B[name] = _new_linear(spec.r, self.out_features, device, dtype)
         self.lora_dropout[name] = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()

@@ -66,9 +66,9 @@ class TaskRoutedMethod(Method):
         return max(1, int(self.params.r) // max(1, self.run.num_tasks))
 
     @property
-    def slot_alpha(self) -> float:
-        """alpha such that the slot's scaling alpha/r_slot is the total rank's alpha/r."""
-        return float(self.params.alpha) * self.slot_rank / float(self.params.r)
+    def slot_scaling(self) -> float:
+        """Every slot's update is scaled by the total rank's alpha / r."""
+        return float(self.params.alpha) / float(self.params.r)
 
     def attach(self, backbone) -> None:
         from prism.adapters import inject_adapters
@@ -106,8 +106,8 @@ class TaskRoutedMethod(Method):
         """Add this task's slot; only it (and the projector) trains, only it is in the forward."""
         assert self.adapters is not None
         name = slot_name(task.index)
-        self.adapters.add_slot(name, r=self.slot_rank, alpha=self.slot_alpha, dropout=self.params.dropout,
-                               seed=self.run.seed + task.index, exist_ok=True)
+        self.adapters.add_slot(name, r=self.slot_rank, alpha=self.params.alpha, scaling=self.slot_scaling,
+                               dropout=self.params.dropout, seed=self.run.seed + task.index, exist_ok=True)
         self.slot_tasks[name] = task.name
         self.adapters.clear_mix()
         self.adapters.set_trainable([name])
