@@ -44,6 +44,9 @@ class Batch:
     pixel_values: torch.Tensor | None
     records: list[dict] = field(default_factory=list)
     instructions: list[str] = field(default_factory=list)
+    #: per sample: its task's position in the dataset's task list; in training batches that is the
+    #: task's run position (``TaskContext.index``), replayed samples included. Evaluation batches
+    #: hold one task and never say which (a method learns it only from an explicit oracle).
     task_indices: list[int] = field(default_factory=list)
     #: per sample: the resolved image file and its content identity (None without image)
     image_paths: list[str | None] = field(default_factory=list)

@@ -199,7 +199,9 @@ def _fitter(run: _Run, task: TaskContext, step_offset: int) -> Any:
     sources = range(len(plan.sequence)) if joint else [task.index]
     records = [r for p in sources for r in _training_records(plan, run.root, p, run.reporter)]
     records = run.method.training_records(task, records)
-    dataset = TaskDataset(records, backbone=run.backbone, root=run.root, specs={t.name: t for t in plan.all_tasks},
+    # the run's tasks first, in run order: a training batch's task_indices are TaskContext.index
+    specs = {t.name: t for t in [*plan.sequence, *plan.all_tasks]}
+    dataset = TaskDataset(records, backbone=run.backbone, root=run.root, specs=specs,
                           verify_images=cfg.benchmark.verify_images)
     return TaskFitter(model=run.backbone.model, method=run.method, dataset=dataset,
                       train_cfg=cfg.train if joint else cfg.train.for_task(task.spec.name),
