@@ -129,6 +129,16 @@ def test_hide_routes_on_the_top_decoder_layer_and_fuses_the_lower_ones_in_weight
         assert torch.allclose(layer(x), summed, atol=1e-5)
 
 
+def test_the_oracle_option_puts_every_sample_on_its_true_tasks_slot():
+    method = make(DisCo)
+    learn(method, 2)
+    hand_made_anchors(method)
+    method.prepare_inference(task(1))
+    plan = method.prepare_forward(_Batch(n=2), ForwardContext("eval", oracle_task=NAMES[0]))
+    assert torch.equal(plan.routing, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert plan.routing_slots == tuple(NAMES[:2])
+
+
 def test_disco_masks_every_layer_with_the_softmax_of_text_prototype_similarity():
     method = make(DisCo)
     learn(method, 2)

@@ -49,8 +49,6 @@ class HiDeLLaVA(TaskRoutedMethod):
     id = "hide_llava"
     summary = "a LoRA slot per task; the top layer mixes slots by CLIP anchor similarity, lower layers fuse them"
     Params = HiDeLLaVAParams
-    #: the original's learning rates (UCIT): lr 2e-4, projector 2e-5; prism.toml's [train] wins
-    config_defaults = {"train": {"projector_lr": 2e-5}}
 
     def top_layers(self) -> list[str]:
         from prism.adapters.slot_ops import depth_layers

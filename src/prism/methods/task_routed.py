@@ -40,6 +40,9 @@ class TaskRoutedParams(LoRAParams):
     text_features: Literal["projected", "pooled"] = Field(
         "projected", description="instruction features: 'projected' (CLIP's text embedding, in the image "
         "embedding space) or 'pooled' (CLIP's pooled text output before the projection)")
+    init_a: Literal["kaiming", "gaussian"] | float = Field(
+        "kaiming", description="how each slot's A is drawn: 'kaiming' (LoRA's default), 'gaussian' "
+        "(N(0, 1/r)) or a std, e.g. 0.01 (the HiDe-LLaVA release: N(0, 0.01))")
     anchor_batch_size: int = Field(32, ge=1, description="records per batch of the end-of-task pass that "
                                    "builds the task's anchors")
 
@@ -48,6 +51,9 @@ class TaskRoutedMethod(Method):
     """A slot per task, CLIP anchors per task, per-sample slot weights at evaluation."""
 
     Params = TaskRoutedParams
+    #: the projector is shared by every task: it trains at LLaVA-1.5's LoRA-recipe projector lr
+    #: (HiDe-LLaVA's UCIT scripts: lr 2e-4, mm_projector_lr 2e-5); prism.toml's [train] wins
+    config_defaults = {"train": {"projector_lr": 2e-5}}
     #: the anchors a subclass keeps, by name ("image", "text")
     anchor_kinds: tuple[str, ...] = ("image", "text")
 
@@ -107,7 +113,8 @@ class TaskRoutedMethod(Method):
         assert self.adapters is not None
         name = slot_name(task.index)
         self.adapters.add_slot(name, r=self.slot_rank, alpha=self.params.alpha, scaling=self.slot_scaling,
-                               dropout=self.params.dropout, seed=self.run.seed + task.index, exist_ok=True)
+                               dropout=self.params.dropout, seed=self.run.seed + task.index, exist_ok=True,
+                               init=self.params.init_a)
         self.slot_tasks[name] = task.name
         self.adapters.clear_mix()
         self.adapters.set_trainable([name])
@@ -118,7 +125,8 @@ class TaskRoutedMethod(Method):
     def prepare_forward(self, batch, context: ForwardContext) -> ForwardPlan | None:
         if context.phase != "eval":
             return None  # training and the end-of-task pass: the current slot alone
-        weights = self.routing_weights(batch)
+        weights = self.oracle_weights(context.oracle_task, len(batch)) if context.oracle_task \
+            else self.routing_weights(batch)
         return ForwardPlan(slot_weights=[SlotWeights(weights, layers=self.routed_layers())],
                            routing=weights, routing_slots=tuple(self.slot_tasks[s] for s in self.learned))
 
@@ -177,6 +185,13 @@ class TaskRoutedMethod(Method):
     def routing_weights(self, batch: Any) -> torch.Tensor:
         """``[B, T]`` weights over the learned slots (rows sum to 1)."""
         raise NotImplementedError
+
+    def oracle_weights(self, task: str, size: int) -> torch.Tensor:
+        """With ``[infer] task_oracle``: every sample on its true task's slot (routing's upper bound)."""
+        tasks = [self.slot_tasks[s] for s in self.learned]
+        if task not in tasks:
+            raise ValueError(f"task {task!r} has no slot among the learned tasks {tasks}")
+        return torch.nn.functional.one_hot(torch.full((size,), tasks.index(task)), len(tasks)).float()
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
