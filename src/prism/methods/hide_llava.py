@@ -15,7 +15,9 @@ treated apart:
 Anchors are the running means of the CLIP image embedding and of the instruction's CLIP text
 embedding over each task's training records (``prism.methods.task_routed``). The release takes
 the similarity's max over the evaluation batch with batch size 1, i.e. per sample, as here.
-LAMDA-CL PRISM's port routes with a hard argmax (``top_routing = "argmax"``).
+LAMDA-CL PRISM's port routes with a hard argmax (``top_routing = "argmax"``). A is drawn from
+N(0, 0.01) as in the release (the paper does not say); on a small model this matters, since
+kaiming-uniform A's are larger there and the fusion's cross terms grow with them.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ class HiDeLLaVAParams(TaskRoutedParams):
 
     target_modules: str = Field("attn_and_ffn", description="preset or regex (original: every linear layer "
                                 "of the language model, q k v o gate up down)")
+    init_a: Literal["kaiming", "gaussian"] | float = Field(
+        0.01, description="how each slot's A is drawn: a std (release: N(0, 0.01); it keeps the lower layers' "
+        "fusion cross terms (B_i A_j) small), 'kaiming' (LoRA's default) or 'gaussian' (N(0, 1/r))")
     temperature: float = Field(0.1, gt=0, description="τ of the top layer's softmax over anchor similarities "
                                "(original: 0.1)")
     top_routing: Literal["softmax", "argmax"] = Field(
