@@ -85,7 +85,7 @@ def test_add_slot_draws_a_as_asked_and_takes_an_explicit_scaling():
     adapters.add_slot("expert", r=2, alpha=0.0, seed=0, scaling=96 / 48)  # one expert of a split rank 48
     layer = next(iter(adapters.layers.values()))
     normal = layer.lora_A["normal"].weight
-    assert abs(float(normal.std()) - 0.01) < 0.003 and not torch.equal(normal, layer.lora_A["kaiming"].weight)
+    assert abs(float(normal.detach().std()) - 0.01) < 0.003 and not torch.equal(normal, layer.lora_A["kaiming"].weight)
     bound = 1 / layer.in_features ** 0.5  # kaiming-uniform with a=√5 stays inside ±1/√fan_in
     assert float(layer.lora_A["kaiming"].weight.abs().max()) <= bound
     assert layer.scaling["expert"] == 2.0 and adapters.spec("expert").alpha == 4.0
