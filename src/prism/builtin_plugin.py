@@ -16,6 +16,8 @@ def register_methods(register):
     register("olora", "prism.methods.olora:OLoRA", "a new LoRA slot per task, orthogonal to earlier slots; all slots summed at inference")
     register("moelora", "prism.methods.moelora:MoELoRA",
              "E LoRA experts per layer mixed per token by a softmax router; all train on every task")
+    register("clmoe", "prism.methods.clmoe:CLMoE",
+             "LoRA experts with instance and task-level routers; experts merged by dual momentum after each task")
     register("hide_llava", "prism.methods.hide_llava:HiDeLLaVA",
              "a LoRA slot per task; the top layer mixes slots by CLIP anchor similarity, lower layers fuse them")
     register("disco", "prism.methods.disco:DisCo",
