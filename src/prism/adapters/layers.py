@@ -251,6 +251,8 @@ class LoRALinear(nn.Module):
             return (result + self.slot_delta(active[0], x)).to(out_dtype)
         sample = self._checked_sample(x, len(active))
         gates = self.router_weights(x)
+        if gates is not None and sample is None and mix.fixed is None and self._fusable(active):
+            return (result + self._gated_experts(active, x, gates)).to(out_dtype)
         for column, name in enumerate(active):
             constant = 1.0 if mix.fixed is None else mix.fixed[column]
             if name not in self.lora_A or constant == 0.0:
@@ -264,6 +266,32 @@ class LoRALinear(nn.Module):
                 delta = delta * _gate_column(gates, column, delta)
             result = result + delta
         return result.to(out_dtype)
+
+    def _fusable(self, active: list[str]) -> bool:
+        """Whether routed slots can run as one pair of matmuls: all present, one scaling, one dtype."""
+        if len(active) < 2 or any(name not in self.lora_A for name in active):
+            return False
+        first = active[0]
+        return all(self.scaling[n] == self.scaling[first] and self.specs[n].dropout == self.specs[first].dropout
+                   and self.lora_A[n].weight.dtype == self.lora_A[first].weight.dtype for n in active)
+
+    def _gated_experts(self, active: list[str], x: Tensor, gates: Tensor) -> Tensor:
+        """``scaling · Σ_i g_i B_i A_i x`` as ``B_cat (g ⊙ A_cat x)``: two matmuls instead of 2E.
+
+        Each expert's gate multiplies its own rank block, so the result is the per-slot sum
+        exactly (no cross terms). The experts share one dropout mask on x, as CoIN's MoELoRA
+        applies its dropout once before the experts.
+        """
+        first = active[0]
+        lora_a = torch.cat([self.lora_A[n].weight for n in active])
+        lora_b = torch.cat([self.lora_B[n].weight for n in active], dim=1)
+        x_in = self.lora_dropout[first](x if x.dtype == lora_a.dtype else x.to(lora_a.dtype))
+        ranks = torch.tensor([self.specs[n].r for n in active], device=gates.device)
+        expanded = gates.to(lora_a.dtype).repeat_interleave(ranks, dim=-1)
+        if expanded.ndim == 2 and x.ndim == 3:  # per-sample gates: one row per sample
+            expanded = expanded.unsqueeze(1)
+        hidden = torch.nn.functional.linear(x_in, lora_a) * expanded
+        return torch.nn.functional.linear(hidden, lora_b) * self.scaling[first]
 
     def _checked_sample(self, x: Tensor, n: int) -> Tensor | None:
         sample = self.mix.sample
