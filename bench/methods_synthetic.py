@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_METHODS = ["zeroshot", "ft_lora", "replay_lora", "ewc", "olora", "joint"]
+DEFAULT_METHODS = ["zeroshot", "ft_lora", "replay_lora", "ewc", "olora", "moelora", "clmoe", "hide_llava", "disco",
+                   "joint"]
 
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
@@ -126,10 +127,13 @@ def main() -> None:
         lines += [f"- {m}: BWT {b}" for m, b in bwt.items() if m not in ("ft_lora", "zeroshot", "joint")]
         lines += [
             "- joint trains on every task at once, so it has no forgetting to measure: it is the Last upper bound.",
-            "- olora splits ft_lora's rank 8 into one rank-1 slot per task (PRISM's protocol); on this",
-            "  tiny model the new slot still overrides the answer format of earlier tasks.",
+            "- `r` 8 is each method's own reading of the rank: olora adds a rank-8 slot per task (its original",
+            "  protocol, rank 40 after 5 tasks); moelora and clmoe split it into experts of rank 8 / E, and",
+            "  hide_llava and disco into one slot of rank 8 // 5 = 1 per task (ft_lora's total rank).",
             "- ewc trades plasticity for stability: a larger λ keeps more of earlier tasks (BWT up) and",
             "  learns later ones less (MFT down); see the λ sweep below when it was run.",
+            "- hide_llava, disco and clmoe route by CLIP features of the input; their routing accuracy is in",
+            "  each run's cl_metrics.json and report.",
         ]
     if args.ewc_lambdas:
         seed = args.seeds[0]
