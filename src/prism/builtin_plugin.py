@@ -18,6 +18,8 @@ def register_methods(register):
              "E LoRA experts per layer mixed per token by a softmax router; all train on every task")
     register("clmoe", "prism.methods.clmoe:CLMoE",
              "LoRA experts with instance and task-level routers; experts merged by dual momentum after each task")
+    register("same", "prism.methods.same:SAME",
+             "MoE-LoRA with a spectral-aware router, curvature-preconditioned experts and adaptive expert freezing")
     register("hide_llava", "prism.methods.hide_llava:HiDeLLaVA",
              "a LoRA slot per task; the top layer mixes slots by CLIP anchor similarity, lower layers fuse them")
     register("disco", "prism.methods.disco:DisCo",

@@ -1,0 +1,351 @@
+"""same: a stabilised mixture of LoRA experts (SAME, Xie et al., ICML 2026).
+
+MoE-LoRA on the FFN: each target linear holds E experts (one per task by default; rank
+r / E, scaled by α / r, A ~ N(0, 0.01)) and a bias-free linear router. SAME fights the two
+drifts of MoE continual learning:
+
+- Router drift, by a spectral-aware router update: an online, low-rank covariance of the
+  router's inputs (the top ``max_components`` directions, kept as a running sketch) gives the
+  principal subspace holding ``energy`` (0.9) of the input energy; the router's gradient is
+  projected onto it and rescaled along each direction by the smoothed inverse singular value
+  (a trailing window of ``window``), normalised so the weakest kept direction keeps scale 1.
+- Expert drift, by curvature-aware preconditioning from the second task on: each expert's A
+  gradient is scaled by 1 / (S_prev + μ) inside the principal subspace of the earlier tasks'
+  inputs and by 1 / μ outside it (μ = 0.9).
+- Adaptive expert freezing: EMAs (0.95) of each expert's utilisation (mean gate) and importance
+  (mean gate × ‖x‖²) give the score norm(utilisation) − norm(importance); experts scoring below
+  τ = 0.1 are masked out of the routing and receive no update; the current task's expert is
+  always kept.
+
+Training gates each token (softmax over the unmasked experts); inference gates each sample by
+the mean of its prompt tokens' gates, top-2 renormalised (the release evaluates one sample per
+batch, so its batch mean is this per-sample mean; ``inference_gate = "batch_mean"`` shares one
+gate across the batch). Statistics are counted once per optimizer step, from training forwards
+only (never from the recomputation of gradient checkpointing or an end-of-task pass), and are
+combined across processes under DDP. The method edits gradients, so DeepSpeed is refused.
+
+LAMDA-CL PRISM's port differs: the batch-mean gate also in training, softmax(logits / E) at
+inference, a randomised SVD of the current batch every 20 steps as the "covariance", the last
+task's subspace as the previous one, the router rescaling clamped to ±20 % from step 10, and
+the gate multiplied into both A and B (cross terms); prism follows the description above.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from prism.methods.base import LoRAParams, Method, TaskContext
+from prism.methods.forward import ForwardContext, ForwardPlan
+
+ROUTER = "router"
+
+
+def expert_name(index: int) -> str:
+    return f"expert{index}"
+
+
+class SAMEParams(LoRAParams):
+    """Published (SAME / PRISM config): FFN modules, r/α 48/96 UCIT, 64/128 CoIN, 80/160 TriGap, lr 2e-4,
+    μ 0.9, energy 0.9, window 3, max_components 64, τ 0.1, EMAs 0.95, top-2 at inference."""
+
+    r: int = Field(48, ge=1, description="total LoRA rank, split over the experts (UCIT 48, CoIN 64, TriGap 80)")
+    alpha: float = Field(96.0, gt=0, description="LoRA alpha; every expert is scaled by alpha/r")
+    target_modules: str = Field("ffn", description="preset or regex (SAME: the FFN, gate/up/down projections)")
+    num_experts: int | None = Field(None, ge=2, description="experts per layer; unset (null): one per task")
+    init_a: float = Field(0.01, gt=0, description="std of the normal each expert's A is drawn from")
+    energy: float = Field(0.9, gt=0, le=1, description="cumulative energy of the principal subspace (router "
+                          "projection and curvature scaling)")
+    window: int = Field(3, ge=1, description="trailing window smoothing the singular values of the router rescaling")
+    max_components: int = Field(64, ge=1, description="directions kept in the covariance sketches")
+    mu: float = Field(0.9, gt=0, description="μ of the curvature scaling 1/(S_prev + μ) inside, 1/μ outside")
+    tau: float = Field(0.1, description="experts whose score norm(utilisation) − norm(importance) is below τ freeze")
+    ema: float = Field(0.95, ge=0, lt=1, description="decay of the utilisation and importance EMAs")
+    top_k: int = Field(2, ge=1, description="experts per sample at inference")
+    inference_gate: Literal["sample_mean", "batch_mean"] = Field(
+        "sample_mean", description="'sample_mean': each sample's mean prompt-token gate (the release's batch of "
+        "one); 'batch_mean': one mean gate for the whole evaluation batch")
+
+
+def sketch(rows: Tensor, q: int) -> Tensor:
+    """A ``[d, q]`` factor F with F Fᵀ ≈ rowsᵀ rows: the rows' top-q directions scaled by their singular
+    values (zero columns where there are fewer; they add nothing to F Fᵀ, and keep the shape fixed)."""
+    rows = rows.float()
+    out = rows.new_zeros(rows.shape[1], q)
+    if rows.shape[0] == 0:
+        return out
+    _, s, vh = torch.linalg.svd(rows, full_matrices=False)
+    k = min(q, s.shape[0])
+    out[:, :k] = vh[:k].T * s[:k]
+    return out
+
+
+def principal(factor: Tensor, count: float, energy: float) -> tuple[Tensor, Tensor]:
+    """(U ``[d, k]``, S ``[k]``) of the covariance F Fᵀ / count: the directions holding ``energy`` of it,
+    S the standard deviation of the inputs along each."""
+    u, s, _ = torch.linalg.svd(factor, full_matrices=False)
+    variance = s**2 / max(float(count), 1.0)
+    total = float(variance.sum())
+    if total <= 0:
+        return u[:, :0], variance[:0]
+    ratio = torch.cumsum(variance, 0) / total
+    k = int((ratio < energy).sum()) + 1
+    k = min(k, variance.shape[0])
+    return u[:, :k], variance[:k].sqrt()
+
+
+class SAMERouter(nn.Module):
+    """The router of one layer plus the statistics SAME keeps about its inputs and experts.
+
+    Buffers are part of the adapter file (they are the router's state), so a checkpoint or a
+    step checkpoint carries the sketches, EMAs and masks.
+    """
+
+    takes_context = True
+
+    def __init__(self, in_features: int, experts: int, q: int, *, generator: torch.Generator | None = None,
+                 device: Any = None):
+        super().__init__()
+        bound = 1.0 / in_features**0.5
+        weight = torch.empty(experts, in_features).uniform_(-bound, bound, generator=generator)
+        self.weight = nn.Parameter(weight.to(device))
+        self.q = int(q)
+        self.register_buffer("task_sketch", torch.zeros(in_features, q, device=device))  # this task's inputs
+        self.register_buffer("task_count", torch.zeros((), device=device))
+        self.register_buffer("prev_sketch", torch.zeros(in_features, q, device=device))  # earlier tasks' inputs
+        self.register_buffer("prev_count", torch.zeros((), device=device))
+        self.register_buffer("utilisation", torch.full((experts,), 1.0 / experts, device=device))
+        self.register_buffer("importance", torch.full((experts,), 1.0 / experts, device=device))
+        self.register_buffer("masks", torch.ones(experts, device=device))
+        self.collecting = False
+        self.top_k = 2
+        self.batch_mean = False
+        self.reset_pending()
+
+    def reset_pending(self) -> None:
+        self.pending_sketches: list[Tensor] = []
+        self.pending = {"tokens": 0.0, "gate": None, "energy": None}
+
+    def gates(self, x: Tensor) -> Tensor:
+        probs = torch.softmax(nn.functional.linear(x, self.weight.to(x.dtype)).float(), dim=-1)
+        masked = probs * self.masks.to(probs.device)
+        return masked / masked.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    def forward(self, x: Tensor, context: Any = None) -> Tensor:
+        mask = None if context is None else context.attention_mask
+        if self.training:
+            gates = self.gates(x)
+            if self.collecting and torch._C._current_graph_task_id() == -1:  # not a checkpoint recomputation
+                self._collect(x, gates, mask)
+            return gates.to(x.dtype)
+        cache = {} if context is None else context.cache
+        key = f"same_gate_{id(self)}"
+        if key not in cache:  # prefill: the prompt's mean gate, reused while decoding
+            from prism.adapters.router_context import masked_mean
+
+            mean = masked_mean(self.gates(x), mask)
+            if self.batch_mean:
+                mean = mean.mean(0, keepdim=True).expand_as(mean)
+            cache[key] = top_k(mean, self.top_k)
+        return cache[key].to(x.dtype)
+
+    @torch.no_grad()
+    def _collect(self, x: Tensor, gates: Tensor, mask: Tensor | None) -> None:
+        rows, weights = x.detach().reshape(-1, x.shape[-1]).float(), gates.detach().reshape(-1, gates.shape[-1])
+        if mask is not None:
+            keep = mask[:, -x.shape[1]:].reshape(-1).bool().to(rows.device)
+            rows, weights = rows[keep], weights[keep]
+        self.pending_sketches.append(sketch(rows, self.q))
+        energy = (weights * rows.pow(2).sum(-1, keepdim=True)).sum(0)
+        pending = self.pending
+        pending["tokens"] += float(rows.shape[0])
+        pending["gate"] = weights.sum(0) if pending["gate"] is None else pending["gate"] + weights.sum(0)
+        pending["energy"] = energy if pending["energy"] is None else pending["energy"] + energy
+
+
+def top_k(gates: Tensor, k: int) -> Tensor:
+    if k >= gates.shape[-1]:
+        return gates
+    kept, index = gates.topk(k, dim=-1)
+    return torch.zeros_like(gates).scatter(-1, index, kept / kept.sum(-1, keepdim=True).clamp_min(1e-12))
+
+
+def normalised(values: Tensor) -> Tensor:
+    spread = values.max() - values.min()
+    return torch.zeros_like(values) if spread <= 0 else (values - values.min()) / spread
+
+
+class SAME(Method):
+    id = "same"
+    summary = "MoE-LoRA with a spectral-aware router, curvature-preconditioned experts and adaptive expert freezing"
+    Params = SAMEParams
+    edits_gradients = True
+    #: frozen experts take no part in a step: DDP must not wait for their gradients
+    unused_parameters = True
+
+    def __init__(self, params: SAMEParams, run: Any):
+        super().__init__(params, run)
+        self.task_index = 0
+
+    @property
+    def experts(self) -> list[str]:
+        return [expert_name(i) for i in range(self.params.num_experts or max(2, self.run.num_tasks))]
+
+    def attach(self, backbone) -> None:
+        from prism.adapters import inject_adapters
+        from prism.adapters.layers import module_device
+
+        super().attach(backbone)
+        params = self.params
+        self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
+        generator = torch.Generator().manual_seed(self.run.seed)
+        rank = max(1, params.r // len(self.experts))
+        for name in self.experts:
+            self.adapters.add_slot(name, r=rank, alpha=params.alpha, scaling=params.alpha / params.r,
+                                   dropout=params.dropout, generator=generator, init=params.init_a)
+        self.adapters.activate(self.experts)
+        router_seed = torch.Generator().manual_seed(self.run.seed + 1)
+
+        def build(layer):
+            router = SAMERouter(layer.in_features, len(self.experts), params.max_components, generator=router_seed,
+                                device=module_device(layer.base_layer))
+            router.top_k, router.batch_mean = params.top_k, params.inference_gate == "batch_mean"
+            return router
+
+        self.adapters.set_router(build, name=ROUTER)
+        self.adapters.set_trainable(self.experts, routers=True)
+
+    def layers(self) -> list[tuple[Any, SAMERouter]]:
+        assert self.adapters is not None
+        return [(layer, layer.routers[ROUTER]) for layer in self.adapters.layers.values()]
+
+    @property
+    def current_expert(self) -> int:
+        return min(self.task_index, len(self.experts) - 1)
+
+    # -- training ----------------------------------------------------------------------------
+    def begin_task(self, task: TaskContext) -> None:
+        assert self.adapters is not None
+        self.task_index = task.index
+        self.adapters.set_trainable(self.experts, routers=True)
+        for _, router in self.layers():
+            router.task_sketch.zero_()
+            router.task_count.zero_()
+            router.utilisation.fill_(1.0 / len(self.experts))
+            router.masks.fill_(1.0)
+            router.reset_pending()
+
+    def prepare_forward(self, batch, context: ForwardContext) -> ForwardPlan:
+        for _, router in self.layers():  # statistics from training steps only
+            router.collecting = context.phase == "train"
+        return ForwardPlan()  # a fresh router context: the live attention mask, a per-call cache
+
+    def on_gradients(self, task: TaskContext, parameters: dict[str, nn.Parameter]) -> None:
+        """Fold this step's statistics in, then project the router gradients and precondition the experts."""
+        for layer, router in self.layers():
+            self._fold_step(router)
+            self._project_router_gradient(router)
+            if task.index > 0 and float(router.prev_count) > 0:
+                self._precondition_experts(layer, router)
+            for column, name in enumerate(self.experts):  # frozen experts: no update at all (AdamW skips them)
+                if router.masks[column] == 0:
+                    layer.lora_A[name].weight.grad = None
+                    layer.lora_B[name].weight.grad = None
+
+    def after_step(self, task: TaskContext, step: int) -> None:
+        """Refresh the expert masks from the EMAs (the current task's expert always kept)."""
+        for _, router in self.layers():
+            score = normalised(router.utilisation) - normalised(router.importance)
+            masks = (score >= self.params.tau).float()
+            masks[self.current_expert] = 1.0
+            router.masks.copy_(masks)
+
+    def end_task(self, task: TaskContext, fit) -> None:
+        """The task's input covariance joins the earlier tasks' (the curvature of the next tasks)."""
+        assert self.adapters is not None
+        self.adapters.set_trainable([], routers=False)
+        for _, router in self.layers():
+            combined = torch.cat([router.prev_sketch, router.task_sketch], dim=1)
+            router.prev_sketch.copy_(sketch(combined.T, router.q))
+            router.prev_count += router.task_count
+            router.collecting = False
+
+    @torch.no_grad()
+    def _fold_step(self, router: SAMERouter) -> None:
+        """This optimizer step's statistics (every process's, under DDP) into the task's sketch and EMAs."""
+        pending, experts = router.pending, router.utilisation.shape[0]
+        device = router.task_sketch.device
+        local = torch.cat(router.pending_sketches, dim=1) if router.pending_sketches else router.task_sketch[:, :0]
+        tokens = torch.tensor([pending["tokens"]], device=device)
+        gate = pending["gate"] if pending["gate"] is not None else torch.zeros(experts)
+        energy = pending["energy"] if pending["energy"] is not None else torch.zeros(experts)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            local, tokens, gate, energy = _reduce(local.to(device), tokens, gate.to(device), energy.to(device))
+        if local.shape[1]:
+            router.task_sketch.copy_(sketch(torch.cat([router.task_sketch, local.to(device)], dim=1).T, router.q))
+        count = float(tokens.sum())
+        router.task_count += count
+        if count > 0:
+            decay = self.params.ema
+            router.utilisation.mul_(decay).add_(gate.to(device) / count, alpha=1 - decay)
+            router.importance.mul_(decay).add_(energy.to(device) / count, alpha=1 - decay)
+        router.reset_pending()
+
+    def _project_router_gradient(self, router: SAMERouter) -> None:
+        grad = router.weight.grad
+        if grad is None or router.task_sketch.shape[1] == 0:
+            return
+        u, s = principal(router.task_sketch, float(router.task_count), self.params.energy)
+        if u.shape[1] == 0:
+            return
+        smooth = torch.stack([s[max(0, i - self.params.window + 1): i + 1].mean() for i in range(s.shape[0])])
+        inverse = 1.0 / smooth.clamp_min(1e-12)
+        scale = (inverse / inverse.max()).to(grad.device, grad.dtype)
+        u = u.to(grad.device, grad.dtype)
+        grad.copy_(((grad @ u) * scale) @ u.T)
+
+    def _precondition_experts(self, layer: Any, router: SAMERouter) -> None:
+        u, s = principal(router.prev_sketch, float(router.prev_count), self.params.energy)
+        mu = self.params.mu
+        for name in self.experts:
+            grad = layer.lora_A[name].weight.grad  # [r, d_in]
+            if grad is None:
+                continue
+            basis = u.to(grad.device, grad.dtype)
+            inside = grad @ basis  # coordinates in the earlier tasks' principal subspace
+            scaled = (inside / (s.to(grad.device, grad.dtype) + mu)) @ basis.T
+            grad.copy_(scaled + (grad - inside @ basis.T) / mu)
+
+    # -- state -------------------------------------------------------------------------------
+    def state_metadata(self) -> dict[str, Any]:
+        return {"experts": self.experts, "task_index": self.task_index}
+
+    def load_state(self, tensors: dict[str, Tensor], metadata: dict[str, Any]) -> None:
+        from prism.errors import CheckpointError
+
+        saved = metadata.get("experts")
+        if saved is not None and list(saved) != self.experts:
+            raise CheckpointError(f"the checkpoint holds experts {saved}; these settings make {self.experts}",
+                                  hint="set [method.same] num_experts as in the run that saved it")
+        self.task_index = int(metadata.get("task_index", 0))
+
+
+def _reduce(local: Tensor, tokens: Tensor, gate: Tensor, energy: Tensor):
+    """Every process's step statistics combined: sketches gathered, token counts and sums added."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    width = torch.tensor([local.shape[1]], device=local.device)
+    widths = [torch.zeros_like(width) for _ in range(world)]
+    dist.all_gather(widths, width)
+    padded = local.new_zeros(local.shape[0], int(max(int(w) for w in widths)))
+    padded[:, : local.shape[1]] = local
+    gathered = [torch.zeros_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    sums = torch.cat([tokens.float(), gate.float(), energy.float()])
+    dist.all_reduce(sums)
+    experts = gate.shape[0]
+    return torch.cat(gathered, dim=1), sums[:1], sums[1:1 + experts], sums[1 + experts:]
