@@ -7,6 +7,9 @@ this one process and the best step time of each is kept. The ratio is a method's
 ÷ ft_lora's (target <= 2.0).
 
     python bench/moe_step_time.py                  # r 16 total, batch 16, 30 steps, 3 rounds
+
+Every method adapts attn_and_ffn here (SAME's own default is the FFN alone), so the ratio is the
+cost of the mechanism at equal adapted layers and rank.
     python bench/moe_step_time.py --rank 32 --steps 50
 """
 
@@ -27,6 +30,7 @@ CONFIGS = (
     ("moelora E=2", "moelora", {"num_experts": 2}),
     ("moelora E=4", "moelora", {"num_experts": 4}),
     ("clmoe E=4", "clmoe", {"num_experts": 4}),
+    ("same E=5", "same", {"num_experts": 5}),
 )
 
 
@@ -71,12 +75,15 @@ def run_steps(method, model, task, optimizer, data) -> float:
     from prism.engine.forward_plan import TRAIN_STEP, model_inputs, plan_forward
 
     start = time.perf_counter()
-    for batch in data:
+    for step, batch in enumerate(data, 1):
         plan = plan_forward(method, batch, TRAIN_STEP)
         loss = method.loss(task, batch, model(**model_inputs(batch, plan)))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if method.edits_gradients:
+            method.on_gradients(task, {})
         optimizer.step()
+        method.after_step(task, step)
     return (time.perf_counter() - start) / len(data)
 
 

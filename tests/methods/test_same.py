@@ -133,12 +133,16 @@ def test_statistics_count_once_per_step_not_in_recomputation_or_end_of_task_pass
     method.prepare_forward(None, ForwardContext("train"))
     layer.train()
     checkpoint(layer, x, use_reentrant=False).sum().backward()  # forward again inside backward
-    assert router.pending["tokens"] == 7 and len(router.pending_sketches) == 1
+    rows = x.detach().reshape(-1, layer.in_features)
+    assert router.pending["tokens"] == 7 and torch.allclose(router.pending["gram"], rows.T @ rows, atol=1e-4)
     method.prepare_forward(None, ForwardContext("end_task"))
     layer(x)
     assert router.pending["tokens"] == 7
     method.on_gradients(task(0), {})
     assert float(router.task_count) == 7 and router.pending["tokens"] == 0
+    sketch = router.task_sketch
+    top = torch.linalg.eigh(rows.T @ rows).eigenvalues.flip(0)[:sketch.shape[1]]
+    assert torch.allclose((sketch.T @ sketch).diagonal(), top, rtol=1e-3, atol=1e-3)  # the step's Gram, top-q
 
 
 def test_inference_gates_each_sample_by_its_prompt_mean_top_2():

@@ -77,6 +77,13 @@ def sketch(rows: Tensor, q: int) -> Tensor:
     out = rows.new_zeros(rows.shape[1], q)
     if rows.shape[0] == 0:
         return out
+    width = q + 8
+    if min(rows.shape) > 2 * width:  # a randomised range finder (Halko et al.): O(m·d·q), not O(m·d·min(m, d))
+        probe = torch.randn(rows.shape[1], width, generator=torch.Generator().manual_seed(0)).to(rows.device)
+        basis = rows @ probe
+        for _ in range(2):  # power iterations sharpen the top directions
+            basis = rows @ (rows.T @ torch.linalg.qr(basis).Q)
+        rows = torch.linalg.qr(basis).Q.T @ rows  # [width, d], the same top singular values and directions
     _, s, vh = torch.linalg.svd(rows, full_matrices=False)
     k = min(q, s.shape[0])
     out[:, :k] = vh[:k].T * s[:k]
@@ -85,16 +92,30 @@ def sketch(rows: Tensor, q: int) -> Tensor:
 
 def principal(factor: Tensor, count: float, energy: float) -> tuple[Tensor, Tensor]:
     """(U ``[d, k]``, S ``[k]``) of the covariance F Fᵀ / count: the directions holding ``energy`` of it,
-    S the standard deviation of the inputs along each."""
-    u, s, _ = torch.linalg.svd(factor, full_matrices=False)
-    variance = s**2 / max(float(count), 1.0)
+    S the standard deviation of the inputs along each. ``factor`` is a sketch: orthogonal columns in
+    descending norm (``sketch`` and ``dense_sketch`` make them so), so no decomposition is needed."""
+    norms = factor.norm(dim=0)
+    kept = int((norms > 0).sum())
+    variance = norms[:kept] ** 2 / max(float(count), 1.0)
     total = float(variance.sum())
-    if total <= 0:
-        return u[:, :0], variance[:0]
+    if kept == 0 or total <= 0:
+        return factor[:, :0], variance[:0]
     ratio = torch.cumsum(variance, 0) / total
-    k = int((ratio < energy).sum()) + 1
-    k = min(k, variance.shape[0])
-    return u[:, :k], variance[:k].sqrt()
+    k = min(int((ratio < energy).sum()) + 1, kept)
+    return factor[:, :k] / norms[:k], variance[:k].sqrt()
+
+
+def dense_sketch(gram: Tensor, q: int) -> Tensor:
+    """The ``[d, q]`` sketch of a Gram matrix Xᵀ X (its top-q eigenvectors scaled by √eigenvalue)."""
+    values, vectors = torch.linalg.eigh(gram.float())
+    order = values.flip(0)[:q].clamp_min(0)
+    out = gram.new_zeros(gram.shape[0], q)
+    out[:, : order.shape[0]] = (vectors.flip(1)[:, :q] * order.sqrt()).to(gram.dtype)
+    return out
+
+
+#: below this input width the inputs' Gram matrix (d × d) is kept exactly between steps
+DENSE_WIDTH = 2048
 
 
 class SAMERouter(nn.Module):
@@ -121,13 +142,16 @@ class SAMERouter(nn.Module):
         self.register_buffer("importance", torch.full((experts,), 1.0 / experts, device=device))
         self.register_buffer("masks", torch.ones(experts, device=device))
         self.collecting = False
+        #: (U, S) of the task's and of the earlier tasks' input covariance, recomputed when they change
+        self.principal: tuple[Tensor, Tensor] | None = None
+        self.prev_principal: tuple[Tensor, Tensor] | None = None
         self.top_k = 2
         self.batch_mean = False
         self.reset_pending()
 
     def reset_pending(self) -> None:
-        self.pending_sketches: list[Tensor] = []
-        self.pending = {"tokens": 0.0, "gate": None, "energy": None}
+        self.pending_sketches: list[Tensor] = []  # wide inputs: one sketch per micro-batch
+        self.pending = {"tokens": 0.0, "gate": None, "energy": None, "gram": None}
 
     def gates(self, x: Tensor) -> Tensor:
         probs = torch.softmax(nn.functional.linear(x, self.weight.to(x.dtype)).float(), dim=-1)
@@ -158,9 +182,13 @@ class SAMERouter(nn.Module):
         if mask is not None:
             keep = mask[:, -x.shape[1]:].reshape(-1).bool().to(rows.device)
             rows, weights = rows[keep], weights[keep]
-        self.pending_sketches.append(sketch(rows, self.q))
-        energy = (weights * rows.pow(2).sum(-1, keepdim=True)).sum(0)
         pending = self.pending
+        if rows.shape[1] <= DENSE_WIDTH:  # exact: Xᵀ X is small
+            gram = rows.T @ rows
+            pending["gram"] = gram if pending["gram"] is None else pending["gram"] + gram
+        else:
+            self.pending_sketches.append(sketch(rows, self.q))
+        energy = (weights * rows.pow(2).sum(-1, keepdim=True)).sum(0)
         pending["tokens"] += float(rows.shape[0])
         pending["gate"] = weights.sum(0) if pending["gate"] is None else pending["gate"] + weights.sum(0)
         pending["energy"] = energy if pending["energy"] is None else pending["energy"] + energy
@@ -236,6 +264,7 @@ class SAME(Method):
             router.task_count.zero_()
             router.utilisation.fill_(1.0 / len(self.experts))
             router.masks.fill_(1.0)
+            router.principal = router.prev_principal = None
             router.reset_pending()
 
     def prepare_forward(self, batch, context: ForwardContext) -> ForwardPlan:
@@ -269,7 +298,10 @@ class SAME(Method):
         self.adapters.set_trainable([], routers=False)
         for _, router in self.layers():
             combined = torch.cat([router.prev_sketch, router.task_sketch], dim=1)
-            router.prev_sketch.copy_(sketch(combined.T, router.q))
+            merged = dense_sketch(combined @ combined.T, router.q) if combined.shape[0] <= DENSE_WIDTH \
+                else sketch(combined.T, router.q)
+            router.prev_sketch.copy_(merged)
+            router.prev_principal = None
             router.prev_count += router.task_count
             router.collecting = False
 
@@ -279,26 +311,32 @@ class SAME(Method):
         pending, experts = router.pending, router.utilisation.shape[0]
         device = router.task_sketch.device
         local = torch.cat(router.pending_sketches, dim=1) if router.pending_sketches else router.task_sketch[:, :0]
+        gram = pending["gram"]
         tokens = torch.tensor([pending["tokens"]], device=device)
-        gate = pending["gate"] if pending["gate"] is not None else torch.zeros(experts)
-        energy = pending["energy"] if pending["energy"] is not None else torch.zeros(experts)
+        gate = pending["gate"] if pending["gate"] is not None else torch.zeros(experts, device=device)
+        energy = pending["energy"] if pending["energy"] is not None else torch.zeros(experts, device=device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            local, tokens, gate, energy = _reduce(local.to(device), tokens, gate.to(device), energy.to(device))
-        if local.shape[1]:
-            router.task_sketch.copy_(sketch(torch.cat([router.task_sketch, local.to(device)], dim=1).T, router.q))
+            local, gram, tokens, gate, energy = _reduce(local.to(device), gram, tokens, gate.to(device),
+                                                       energy.to(device), router.task_sketch.shape[0])
+        current = router.task_sketch
+        if gram is not None:
+            router.task_sketch.copy_(dense_sketch(current @ current.T + gram.to(device), router.q))
+        elif local.shape[1]:
+            router.task_sketch.copy_(sketch(torch.cat([current, local.to(device)], dim=1).T, router.q))
         count = float(tokens.sum())
         router.task_count += count
         if count > 0:
             decay = self.params.ema
             router.utilisation.mul_(decay).add_(gate.to(device) / count, alpha=1 - decay)
             router.importance.mul_(decay).add_(energy.to(device) / count, alpha=1 - decay)
+        router.principal = principal(router.task_sketch, float(router.task_count), self.params.energy)
         router.reset_pending()
 
     def _project_router_gradient(self, router: SAMERouter) -> None:
         grad = router.weight.grad
-        if grad is None or router.task_sketch.shape[1] == 0:
+        if grad is None or router.principal is None:
             return
-        u, s = principal(router.task_sketch, float(router.task_count), self.params.energy)
+        u, s = router.principal
         if u.shape[1] == 0:
             return
         smooth = torch.stack([s[max(0, i - self.params.window + 1): i + 1].mean() for i in range(s.shape[0])])
@@ -308,7 +346,9 @@ class SAME(Method):
         grad.copy_(((grad @ u) * scale) @ u.T)
 
     def _precondition_experts(self, layer: Any, router: SAMERouter) -> None:
-        u, s = principal(router.prev_sketch, float(router.prev_count), self.params.energy)
+        if router.prev_principal is None:
+            router.prev_principal = principal(router.prev_sketch, float(router.prev_count), self.params.energy)
+        u, s = router.prev_principal
         mu = self.params.mu
         for name in self.experts:
             grad = layer.lora_A[name].weight.grad  # [r, d_in]
@@ -333,19 +373,24 @@ class SAME(Method):
         self.task_index = int(metadata.get("task_index", 0))
 
 
-def _reduce(local: Tensor, tokens: Tensor, gate: Tensor, energy: Tensor):
-    """Every process's step statistics combined: sketches gathered, token counts and sums added."""
+def _reduce(local: Tensor, gram: Tensor | None, tokens: Tensor, gate: Tensor, energy: Tensor, width: int):
+    """Every process's step statistics combined: Gram matrices and sums added, sketches gathered."""
     import torch.distributed as dist
 
     world = dist.get_world_size()
-    width = torch.tensor([local.shape[1]], device=local.device)
-    widths = [torch.zeros_like(width) for _ in range(world)]
-    dist.all_gather(widths, width)
-    padded = local.new_zeros(local.shape[0], int(max(int(w) for w in widths)))
-    padded[:, : local.shape[1]] = local
-    gathered = [torch.zeros_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
+    if width <= DENSE_WIDTH:
+        gram = gram if gram is not None else local.new_zeros(width, width)
+        dist.all_reduce(gram)
+    else:
+        columns = torch.tensor([local.shape[1]], device=local.device)
+        counts = [torch.zeros_like(columns) for _ in range(world)]
+        dist.all_gather(counts, columns)
+        padded = local.new_zeros(local.shape[0], int(max(int(c) for c in counts)))
+        padded[:, : local.shape[1]] = local
+        gathered = [torch.zeros_like(padded) for _ in range(world)]
+        dist.all_gather(gathered, padded)
+        local = torch.cat(gathered, dim=1)
     sums = torch.cat([tokens.float(), gate.float(), energy.float()])
     dist.all_reduce(sums)
     experts = gate.shape[0]
-    return torch.cat(gathered, dim=1), sums[:1], sums[1:1 + experts], sums[1 + experts:]
+    return local, gram, sums[:1], sums[1:1 + experts], sums[1 + experts:]
