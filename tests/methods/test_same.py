@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
 import torch
 
 from prism.benchmarks.synthetic import TASKS
@@ -161,3 +163,47 @@ def test_inference_gates_each_sample_by_its_prompt_mean_top_2():
     assert torch.allclose(gates, expected, atol=1e-6) and (gates > 0).sum(-1).tolist() == [2, 2]
     context.calls = 1  # a decode step reuses the prompt's gate
     assert torch.equal(router(torch.randn(2, 1, layer.in_features), context), gates)
+
+
+def test_a_task_resumed_from_a_step_checkpoint_continues_with_the_same_statistics(synthetic_data, tmp_path,
+                                                                                  monkeypatch):
+    from safetensors.torch import load_file
+
+    from prism.engine import step_checkpoint
+    from prism.engine.loop import train
+    from tests.engine.conftest import new_project, resolve
+
+    sets = ("benchmark.tasks='0'", "train.save_every_steps=2", "method.same.r=6", "method.same.alpha=12.0")
+
+    def adapters(project):
+        folder = project / "outputs" / "checkpoints" / "synthetic" / "same" / "Task0_llava"
+        return load_file(str(folder / "adapter_model.safetensors"))
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    uninterrupted = new_project(tmp_path / "a", synthetic_data)
+    train(resolve(uninterrupted, *sets, method__id="same"))
+
+    class Stop(Exception):
+        pass
+
+    original = step_checkpoint.StepCheckpointer.save
+
+    def save_then_stop(self, state):
+        original(self, state)
+        if state.step == 4:
+            raise Stop
+
+    stopped = new_project(tmp_path / "b", synthetic_data)
+    monkeypatch.setattr(step_checkpoint.StepCheckpointer, "save", save_then_stop)
+    with pytest.raises(Stop):
+        train(resolve(stopped, *sets, method__id="same"))
+    monkeypatch.setattr(step_checkpoint.StepCheckpointer, "save", original)
+    saved = load_file(str(stopped / "outputs" / "checkpoints" / "synthetic" / "same" / "steps" / "Task0_llava"
+                          / step_checkpoint.TENSORS))
+    assert any(key.startswith("method.") and key.endswith("task_sketch") for key in saved)
+    train(resolve(stopped, *sets, method__id="same"))
+    mine, theirs = adapters(stopped), adapters(uninterrupted)
+    assert mine.keys() == theirs.keys() and any(".routers.router.utilisation" in key for key in mine)
+    for key in theirs:  # weights and the routers' sketches, EMAs and masks
+        assert torch.allclose(mine[key], theirs[key], atol=1e-6), key

@@ -214,7 +214,8 @@ class TaskFitter(FitHandle):
         optimizer_state, engine = self.backend.optimizer_state(optimizer), self.backend.engine_info()
         return FitState(step=result.steps, steps=steps, samples=result.samples, losses=list(result.losses),
                         trainable=trainable, optimizer=optimizer_state, scheduler=scheduler.state_dict(),
-                        data=stream.state(), rng=self._rng_of_every_rank(), engine=engine)
+                        data=stream.state(), rng=self._rng_of_every_rank(), engine=engine,
+                        method=self.method.step_state())
 
     def _token_weights(self, micro_batches: list[Batch]) -> list[float]:
         """Loss weights making a step the mean over every answer token of the global batch.
@@ -271,6 +272,7 @@ class TaskFitter(FitHandle):
                 param.copy_(state.trainable[name].to(param.device, param.dtype))
         scheduler.load_state_dict(state.scheduler)
         stream.restore(*state.data)
+        self.method.load_step_state(state.method)
         # DeepSpeed: the optimizer partitions and the RNG are restored once the engine exists
         self.backend.restore_before_prepare(optimizer, state.optimizer, state.rng[self.accelerator.process_index])
         result.steps, result.samples, result.losses = state.step, state.samples, list(state.losses)

@@ -48,6 +48,8 @@ class FitState:
     #: the engine whose optimizer layout this is: None (one AdamW state) or DeepSpeed's
     #: {"backend": "deepspeed", "zero_stage": 2|3, "processes": N}
     engine: dict[str, Any] | None = None
+    #: the method's statistics between steps (``Method.step_state``: EMAs, covariance sketches)
+    method: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def save_step_checkpoint(folder: Path, state: FitState) -> Path:
@@ -55,6 +57,7 @@ def save_step_checkpoint(folder: Path, state: FitState) -> Path:
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {f"trainable.{k}": v for k, v in state.trainable.items()}
+    tensors.update({f"method.{k}": v.detach().cpu().contiguous() for k, v in state.method.items()})
     if "zero_shards" in state.optimizer:
         opt_meta = {"zero_shards": []}
         for rank, shard in enumerate(state.optimizer["zero_shards"]):
@@ -114,7 +117,7 @@ def load_step_checkpoint(folder: Path) -> FitState | None:
         optimizer=optimizer,
         scheduler=progress["scheduler"], data=(tensors["data.generator"], progress["data"]),
         rng=[(group(f"rng.{rank}."), meta) for rank, meta in enumerate(progress["rng"])],
-        info=progress.get("info", {}), engine=progress.get("engine"),
+        info=progress.get("info", {}), engine=progress.get("engine"), method=group("method."),
     )
 
 

@@ -214,6 +214,14 @@ class Method:
     def end_task(self, task: TaskContext, fit: FitHandle) -> None:
         """After training on ``task``: estimate Fisher, freeze, merge, store prototypes..."""
 
+    def step_state(self) -> dict[str, "torch.Tensor"]:
+        """What the method keeps between optimizer steps besides trainable weights (EMAs, covariance
+        sketches, masks): saved in every step checkpoint, so a task resumed mid-way continues exactly."""
+        return {}
+
+    def load_step_state(self, tensors: dict[str, "torch.Tensor"]) -> None:
+        """Restore what ``step_state`` returned (called when a task resumes from a step checkpoint)."""
+
     # -- inference ---------------------------------------------------------------
     def prepare_inference(self, learned: TaskContext) -> None:
         """Make the model ready to answer any task seen up to ``learned``."""

@@ -360,6 +360,22 @@ class SAME(Method):
             grad.copy_(scaled + (grad - inside @ basis.T) / mu)
 
     # -- state -------------------------------------------------------------------------------
+    def step_state(self) -> dict[str, Tensor]:
+        """Every router's sketches, EMAs and masks (they are buffers, not trainable weights)."""
+        return {f"{row}.{name}": buffer.detach().clone() for row, (_, router) in enumerate(self.layers())
+                for name, buffer in router.named_buffers()}
+
+    @torch.no_grad()
+    def load_step_state(self, tensors: dict[str, Tensor]) -> None:
+        for row, (_, router) in enumerate(self.layers()):
+            for name, buffer in router.named_buffers():
+                key = f"{row}.{name}"
+                if key in tensors:
+                    buffer.copy_(tensors[key].to(buffer.device, buffer.dtype))
+            router.principal = principal(router.task_sketch, float(router.task_count), self.params.energy) \
+                if float(router.task_count) > 0 else None
+            router.prev_principal = None
+
     def state_metadata(self) -> dict[str, Any]:
         return {"experts": self.experts, "task_index": self.task_index}
 
