@@ -106,11 +106,12 @@ def principal(factor: Tensor, count: float, energy: float) -> tuple[Tensor, Tens
 
 
 def dense_sketch(gram: Tensor, q: int) -> Tensor:
-    """The ``[d, q]`` sketch of a Gram matrix Xᵀ X (its top-q eigenvectors scaled by √eigenvalue)."""
+    """The ``[..., d, q]`` sketch of Gram matrices Xᵀ X ``[..., d, d]`` (top-q eigenvectors scaled by
+    √eigenvalue, descending)."""
     values, vectors = torch.linalg.eigh(gram.float())
-    order = values.flip(0)[:q].clamp_min(0)
-    out = gram.new_zeros(gram.shape[0], q)
-    out[:, : order.shape[0]] = (vectors.flip(1)[:, :q] * order.sqrt()).to(gram.dtype)
+    top = values.flip(-1)[..., :q].clamp_min(0)
+    out = gram.new_zeros(*gram.shape[:-1], q)
+    out[..., : top.shape[-1]] = (vectors.flip(-1)[..., :q] * top.sqrt().unsqueeze(-2)).to(gram.dtype)
     return out
 
 
@@ -184,8 +185,10 @@ class SAMERouter(nn.Module):
             rows, weights = rows[keep], weights[keep]
         pending = self.pending
         if rows.shape[1] <= DENSE_WIDTH:  # exact: Xᵀ X is small
-            gram = rows.T @ rows
-            pending["gram"] = gram if pending["gram"] is None else pending["gram"] + gram
+            if pending["gram"] is None:
+                pending["gram"] = rows.T @ rows
+            else:
+                pending["gram"].addmm_(rows.T, rows)
         else:
             self.pending_sketches.append(sketch(rows, self.q))
         energy = (weights * rows.pow(2).sum(-1, keepdim=True)).sum(0)
@@ -274,8 +277,17 @@ class SAME(Method):
 
     def on_gradients(self, task: TaskContext, parameters: dict[str, nn.Parameter]) -> None:
         """Fold this step's statistics in, then project the router gradients and precondition the experts."""
-        for layer, router in self.layers():
-            self._fold_step(router)
+        layers = self.layers()
+        dense = [(router, matrix) for _, router in layers if (matrix := self._fold_step(router)) is not None]
+        by_width: dict[int, list[tuple[SAMERouter, Tensor]]] = {}
+        for router, matrix in dense:
+            by_width.setdefault(matrix.shape[0], []).append((router, matrix))
+        for group in by_width.values():  # one batched eigendecomposition per input width
+            sketches = dense_sketch(torch.stack([m for _, m in group]), group[0][0].q)
+            for (router, _), new in zip(group, sketches):
+                router.task_sketch.copy_(new)
+        for layer, router in layers:
+            router.principal = principal(router.task_sketch, float(router.task_count), self.params.energy)
             self._project_router_gradient(router)
             if task.index > 0 and float(router.prev_count) > 0:
                 self._precondition_experts(layer, router)
@@ -306,8 +318,9 @@ class SAME(Method):
             router.collecting = False
 
     @torch.no_grad()
-    def _fold_step(self, router: SAMERouter) -> None:
-        """This optimizer step's statistics (every process's, under DDP) into the task's sketch and EMAs."""
+    def _fold_step(self, router: SAMERouter) -> Tensor | None:
+        """This optimizer step's statistics (every process's, under DDP) into the task's sketch and EMAs;
+        for a narrow input, returns the task's updated Gram matrix to decompose (batched by the caller)."""
         pending, experts = router.pending, router.utilisation.shape[0]
         device = router.task_sketch.device
         local = torch.cat(router.pending_sketches, dim=1) if router.pending_sketches else router.task_sketch[:, :0]
@@ -318,9 +331,9 @@ class SAME(Method):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             local, gram, tokens, gate, energy = _reduce(local.to(device), gram, tokens, gate.to(device),
                                                        energy.to(device), router.task_sketch.shape[0])
-        current = router.task_sketch
+        current, matrix = router.task_sketch, None
         if gram is not None:
-            router.task_sketch.copy_(dense_sketch(current @ current.T + gram.to(device), router.q))
+            matrix = current @ current.T + gram.to(device)
         elif local.shape[1]:
             router.task_sketch.copy_(sketch(torch.cat([current, local.to(device)], dim=1).T, router.q))
         count = float(tokens.sum())
@@ -329,8 +342,8 @@ class SAME(Method):
             decay = self.params.ema
             router.utilisation.mul_(decay).add_(gate.to(device) / count, alpha=1 - decay)
             router.importance.mul_(decay).add_(energy.to(device) / count, alpha=1 - decay)
-        router.principal = principal(router.task_sketch, float(router.task_count), self.params.energy)
         router.reset_pending()
+        return matrix
 
     def _project_router_gradient(self, router: SAMERouter) -> None:
         grad = router.weight.grad
