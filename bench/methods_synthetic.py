@@ -134,6 +134,14 @@ def main() -> None:
             "  learns later ones less (MFT down); see the λ sweep below when it was run.",
             "- hide_llava, disco and clmoe route by CLIP features of the input; their routing accuracy is in",
             "  each run's cl_metrics.json and report.",
+            "- clmoe's small BWT comes with a low MFT: its dual-momentum merge (the release's momenta) keeps",
+            "  70 % of the old value of every expert the new task used, undoing most of a task's update",
+            "  right after it.",
+            "- hide_llava fuses every task's slot into the lower layers at evaluation, while each slot was",
+            "  trained alone: on this 2-layer model the lower layer is not task-general (HiDe-LLaVA's premise",
+            "  for 7B models), so even the just-learned task loses accuracy (MFT).",
+            "- moelora and same route per token or per sample with no notion of tasks; on this benchmark",
+            "  they forget like ft_lora.",
         ]
     if args.ewc_lambdas:
         seed = args.seeds[0]
