@@ -20,6 +20,8 @@ def register_methods(register):
              "LoRA experts with instance and task-level routers; experts merged by dual momentum after each task")
     register("same", "prism.methods.same:SAME",
              "MoE-LoRA with a spectral-aware router, curvature-preconditioned experts and adaptive expert freezing")
+    register("modal_prompt", "prism.methods.modal_prompt:ModalPrompt",
+             "frozen model; per-task prompts inserted after BOS, chosen by CLIP image/text prototype similarity")
     register("hide_llava", "prism.methods.hide_llava:HiDeLLaVA",
              "a LoRA slot per task; the top layer mixes slots by CLIP anchor similarity, lower layers fuse them")
     register("disco", "prism.methods.disco:DisCo",
