@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_METHODS = ["zeroshot", "ft_lora", "replay_lora", "ewc", "olora", "moelora", "clmoe", "same", "hide_llava", "disco",
-                   "joint"]
+                   "modal_prompt", "joint"]
 
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
