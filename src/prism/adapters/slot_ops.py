@@ -76,6 +76,20 @@ def weight_space_fusion(slots: Iterable[str]) -> DeltaFn:
     return delta
 
 
+def add_experts(adapters: AdapterSet, names: list[str], *, total_rank: int, alpha: float, dropout: float,
+                init: float | str, seed: int) -> int:
+    """Add a mixture's experts: rank ``total_rank // len(names)`` each (at least 1), every one scaled by the
+    total rank's ``alpha / total_rank`` (MoELoRA's convention, shared by CL-MoE and SAME), A drawn as ``init``
+    says from one generator seeded with ``seed``; all active. Returns the experts' rank."""
+    generator = torch.Generator().manual_seed(int(seed))
+    rank = max(1, int(total_rank) // len(names))
+    for name in names:
+        adapters.add_slot(name, r=rank, alpha=alpha, scaling=alpha / total_rank, dropout=dropout,
+                          generator=generator, init=init)
+    adapters.activate(names)
+    return rank
+
+
 def snapshot(adapters: AdapterSet, slots: Iterable[str]) -> dict[str, Tensor]:
     """Copies of the slots' weights, by model path."""
     return {path: value.detach().clone() for path, value in adapters.named_parameters(list(slots)).items()}

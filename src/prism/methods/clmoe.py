@@ -115,6 +115,7 @@ class CLMoE(Method):
 
     def attach(self, backbone) -> None:
         from prism.adapters import inject_adapters
+        from prism.adapters.slot_ops import add_experts
         from prism.backbones.anchors import TaskAnchors
         from prism.backbones.routing import routing_tower_for
         from prism.backbones.routing_features import FeatureCache
@@ -122,12 +123,8 @@ class CLMoE(Method):
         super().attach(backbone)
         params = self.params
         self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
-        generator = torch.Generator().manual_seed(self.run.seed)
-        rank = max(1, params.r // params.num_experts)
-        for name in self.experts:
-            self.adapters.add_slot(name, r=rank, alpha=params.alpha, scaling=params.alpha / params.r,
-                                   dropout=params.dropout, generator=generator, init=params.init_a)
-        self.adapters.activate(self.experts)
+        add_experts(self.adapters, self.experts, total_rank=params.r, alpha=params.alpha, dropout=params.dropout,
+                    init=params.init_a, seed=self.run.seed)
         router_seed = torch.Generator().manual_seed(self.run.seed + 1)
 
         def build(layer):

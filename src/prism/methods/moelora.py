@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
@@ -63,16 +62,14 @@ class MoELoRA(Method):
 
     def attach(self, backbone) -> None:
         from prism.adapters import inject_adapters
+        from prism.adapters.slot_ops import add_experts
         from prism.adapters.routing import token_router
 
         super().attach(backbone)
         params = self.params
         self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
-        generator = torch.Generator().manual_seed(self.run.seed)
-        for name in self.experts:
-            self.adapters.add_slot(name, r=self.expert_rank, alpha=params.alpha, scaling=params.alpha / params.r,
-                                   dropout=params.dropout, generator=generator, init=params.init_a)
-        self.adapters.activate(self.experts)
+        add_experts(self.adapters, self.experts, total_rank=params.r, alpha=params.alpha, dropout=params.dropout,
+                    init=params.init_a, seed=self.run.seed)
         self.adapters.set_router(token_router(len(self.experts), seed=self.run.seed + 1), name=ROUTER)
         if params.gating == "prism":
             self.adapters.set_delta_fn(gate_in_both_factors)
