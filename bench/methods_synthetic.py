@@ -142,6 +142,9 @@ def main() -> None:
             "  for 7B models), so even the just-learned task loses accuracy (MFT).",
             "- moelora and same route per token or per sample with no notion of tasks; on this benchmark",
             "  they forget like ft_lora.",
+            "- modal_prompt (frozen model, prompts only) picks the right task's prompt for every test sample",
+            "  but learns little per task in this budget, and with transfer_num 3 inserts every learned",
+            "  prompt at inference; `method.modal_prompt.transfer_num=1` (PRISM) keeps earlier tasks intact.",
         ]
     if args.ewc_lambdas:
         seed = args.seeds[0]
