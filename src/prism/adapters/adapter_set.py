@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from prism.adapters.layers import DeltaFn, LoRALinear, Mix, SlotInit, SlotSpec
 from prism.adapters.routing import RouterFactory
+from prism.adapters.slot_args import resolve_weights, slot_list
 from prism.errors import CheckpointError
 
 #: Which layers an operation applies to: a regex (re.fullmatch on the path), a
@@ -190,7 +191,7 @@ class AdapterSet:
         gives slots and weights at once. Clears per-sample weights (set them per batch);
         keeps routers and delta functions.
         """
-        names, fixed = _resolve_weights(slots, weights)
+        names, fixed = resolve_weights(slots, weights)
         if names is not None:
             self._check_slots(names)
         for layer in self.select(layers).values():
@@ -366,45 +367,9 @@ class AdapterSet:
         return live
 
 
-def slot_list(slots: str | Iterable[str]) -> list[str]:
-    """A list of slot names; a bare string is one name, not its characters."""
-    return [slots] if isinstance(slots, str) else list(slots)
-
-
 def _wanted(selection: bool | Iterable[str], name: str) -> bool:
     return selection if isinstance(selection, bool) else name in set(selection)
 
 
 def _qualname(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def _resolve_weights(
-    slots: Sequence[str] | Mapping[str, float] | None,
-    weights: Sequence[float] | Mapping[str, float] | None,
-) -> tuple[list[str] | None, tuple[float, ...] | None]:
-    """Normalise ``activate``'s arguments to (slot names, fixed weights or None when all are 1)."""
-    if isinstance(slots, Mapping):
-        if weights is not None:
-            raise ValueError("give weights either as a mapping in `slots` or in `weights`, not both")
-        names, values = list(slots), [float(v) for v in slots.values()]
-    elif slots is None:
-        if weights is not None:
-            raise ValueError("fixed weights need an explicit list of slots")
-        return None, None
-    else:
-        names = slot_list(slots)
-        if weights is None:
-            values = [1.0] * len(names)
-        elif isinstance(weights, Mapping):
-            extra = set(weights) - set(names)
-            if extra:
-                raise ValueError(f"weights given for inactive slot(s) {sorted(extra)}")
-            values = [float(weights.get(n, 1.0)) for n in names]
-        else:
-            values = [float(w) for w in weights]
-            if len(values) != len(names):
-                raise ValueError(f"{len(values)} weights for {len(names)} slots")
-    if len(set(names)) != len(names):
-        raise ValueError(f"slot listed twice in {names}")
-    return names, None if all(v == 1.0 for v in values) else tuple(values)

@@ -32,15 +32,11 @@ from pydantic import Field
 from torch import Tensor
 
 from prism.adapters.routing import TokenRouter
-from prism.methods.base import FitHandle, LoRAParams, Method, TaskContext
+from prism.methods.base import FitHandle, LoRAParams, TaskContext
+from prism.methods.experts import ROUTER, ExpertMixture, expert_name  # noqa: F401 (re-exported for tests)
 from prism.methods.forward import ForwardContext, ForwardPlan
 
-ROUTER = "router"
 TASK = "clmoe_task"  # the per-sample tensor holding each sample's estimated task (a column index)
-
-
-def expert_name(index: int) -> str:
-    return f"expert{index}"
 
 
 class CLMoEParams(LoRAParams):
@@ -96,7 +92,7 @@ class TaskGatedRouter(TokenRouter):
         self.usage = counts if self.usage is None else self.usage + counts
 
 
-class CLMoE(Method):
+class CLMoE(ExpertMixture):
     id = "clmoe"
     summary = "LoRA experts with instance and task-level routers; experts merged by dual momentum after each task"
     Params = CLMoEParams
@@ -109,48 +105,32 @@ class CLMoE(Method):
         self.anchors: dict[str, Any] = {}
         self.features: Any = None
 
-    @property
-    def experts(self) -> list[str]:
-        return [expert_name(i) for i in range(self.params.num_experts)]
+    def expert_count(self) -> int:
+        return int(self.params.num_experts)
+
+    def make_router(self, layer, generator) -> TaskGatedRouter:
+        from prism.adapters.layers import module_device
+
+        return TaskGatedRouter(layer.in_features, len(self.experts), beta=self.params.beta, generator=generator,
+                               device=module_device(layer.base_layer))
 
     def attach(self, backbone) -> None:
-        from prism.adapters import inject_adapters
-        from prism.adapters.slot_ops import add_experts
         from prism.backbones.anchors import TaskAnchors
         from prism.backbones.routing import routing_tower_for
         from prism.backbones.routing_features import FeatureCache
 
         super().attach(backbone)
-        params = self.params
-        self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
-        add_experts(self.adapters, self.experts, total_rank=params.r, alpha=params.alpha, dropout=params.dropout,
-                    init=params.init_a, seed=self.run.seed)
-        router_seed = torch.Generator().manual_seed(self.run.seed + 1)
-
-        def build(layer):
-            from prism.adapters.layers import module_device
-
-            return TaskGatedRouter(layer.in_features, params.num_experts, beta=params.beta, generator=router_seed,
-                                   device=module_device(layer.base_layer))
-
-        self.adapters.set_router(build, name=ROUTER)
-        self.adapters.set_trainable(self.experts, routers=True)
         tower = routing_tower_for(None, backbone)
         self.features = FeatureCache(tower)
         self.anchors = {kind: TaskAnchors.for_tower(kind, tower) for kind in ("image", "text")}
-
-    def routers(self) -> list[TaskGatedRouter]:
-        assert self.adapters is not None
-        return [layer.routers[ROUTER] for layer in self.adapters.layers.values()]
 
     # -- training ----------------------------------------------------------------------------
     def begin_task(self, task: TaskContext) -> None:
         from prism.adapters.slot_ops import snapshot
 
-        assert self.adapters is not None
+        super().begin_task(task)
         for router in self.routers():
             router.prior = None  # training: the instance router alone
-        self.adapters.set_trainable(self.experts, routers=True)
         self.old = snapshot(self.adapters, self.experts) if self.usage else None
 
     def prepare_forward(self, batch, context: ForwardContext) -> ForwardPlan:
@@ -162,8 +142,7 @@ class CLMoE(Method):
 
     def end_task(self, task: TaskContext, fit: FitHandle) -> None:
         """Count expert usage and build prototypes over the task's data, then merge by dual momentum."""
-        assert self.adapters is not None
-        self.adapters.set_trainable([], routers=False)
+        super().end_task(task, fit)
         for kind in self.anchors:
             self.anchors[kind].forget(task.name)
         routers = self.routers()

@@ -20,13 +20,8 @@ from typing import Any, Literal
 from pydantic import Field
 from torch import Tensor
 
-from prism.methods.base import LoRAParams, Method, TaskContext
-
-ROUTER = "router"
-
-
-def expert_name(index: int) -> str:
-    return f"expert{index}"
+from prism.methods.base import LoRAParams
+from prism.methods.experts import ROUTER, ExpertMixture, expert_name  # noqa: F401 (re-exported for tests)
 
 
 class MoELoRAParams(LoRAParams):
@@ -46,42 +41,25 @@ class MoELoRAParams(LoRAParams):
         "port): (Σ g_i B_i)(Σ g_j A_j) x, cross terms included")
 
 
-class MoELoRA(Method):
+class MoELoRA(ExpertMixture):
     id = "moelora"
     summary = "E LoRA experts per layer mixed per token by a softmax router; all train on every task"
     Params = MoELoRAParams
 
-    @property
-    def experts(self) -> list[str]:
-        count = self.params.num_experts or self.run.num_tasks
-        return [expert_name(i) for i in range(max(1, count))]
+    def expert_count(self) -> int:
+        return int(self.params.num_experts or self.run.num_tasks)
 
-    @property
-    def expert_rank(self) -> int:
-        return max(1, int(self.params.r) // len(self.experts))
+    def make_router(self, layer, generator):
+        from prism.adapters.layers import module_device
+        from prism.adapters.routing import TokenRouter
+
+        return TokenRouter(layer.in_features, len(self.experts), generator=generator,
+                           device=module_device(layer.base_layer))
 
     def attach(self, backbone) -> None:
-        from prism.adapters import inject_adapters
-        from prism.adapters.slot_ops import add_experts
-        from prism.adapters.routing import token_router
-
         super().attach(backbone)
-        params = self.params
-        self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
-        add_experts(self.adapters, self.experts, total_rank=params.r, alpha=params.alpha, dropout=params.dropout,
-                    init=params.init_a, seed=self.run.seed)
-        self.adapters.set_router(token_router(len(self.experts), seed=self.run.seed + 1), name=ROUTER)
-        if params.gating == "prism":
+        if self.params.gating == "prism":
             self.adapters.set_delta_fn(gate_in_both_factors)
-        self.adapters.set_trainable(self.experts, routers=True)
-
-    def begin_task(self, task: TaskContext) -> None:
-        assert self.adapters is not None
-        self.adapters.set_trainable(self.experts, routers=True)  # every expert and router, every task
-
-    def end_task(self, task: TaskContext, fit) -> None:
-        assert self.adapters is not None
-        self.adapters.set_trainable([], routers=False)
 
     def state_metadata(self) -> dict[str, Any]:
         return {"experts": self.experts, "expert_rank": self.expert_rank, "gating": self.params.gating}

@@ -38,14 +38,10 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from prism.methods.base import LoRAParams, Method, TaskContext
+from prism.methods.base import LoRAParams, TaskContext
+from prism.methods.experts import ROUTER, ExpertMixture, expert_name  # noqa: F401 (re-exported for tests)
 from prism.methods.forward import ForwardContext, ForwardPlan
-
-ROUTER = "router"
-
-
-def expert_name(index: int) -> str:
-    return f"expert{index}"
+from prism.methods.spectral import DENSE_WIDTH, dense_sketch, principal, reduce_step, sketch
 
 
 class SAMEParams(LoRAParams):
@@ -68,55 +64,6 @@ class SAMEParams(LoRAParams):
     inference_gate: Literal["sample_mean", "batch_mean"] = Field(
         "sample_mean", description="'sample_mean': each sample's mean prompt-token gate (the release's batch of "
         "one); 'batch_mean': one mean gate for the whole evaluation batch")
-
-
-def sketch(rows: Tensor, q: int) -> Tensor:
-    """A ``[d, q]`` factor F with F Fᵀ ≈ rowsᵀ rows: the rows' top-q directions scaled by their singular
-    values (zero columns where there are fewer; they add nothing to F Fᵀ, and keep the shape fixed)."""
-    rows = rows.float()
-    out = rows.new_zeros(rows.shape[1], q)
-    if rows.shape[0] == 0:
-        return out
-    width = q + 8
-    if min(rows.shape) > 2 * width:  # a randomised range finder (Halko et al.): O(m·d·q), not O(m·d·min(m, d))
-        probe = torch.randn(rows.shape[1], width, generator=torch.Generator().manual_seed(0)).to(rows.device)
-        basis = rows @ probe
-        for _ in range(2):  # power iterations sharpen the top directions
-            basis = rows @ (rows.T @ torch.linalg.qr(basis).Q)
-        rows = torch.linalg.qr(basis).Q.T @ rows  # [width, d], the same top singular values and directions
-    _, s, vh = torch.linalg.svd(rows, full_matrices=False)
-    k = min(q, s.shape[0])
-    out[:, :k] = vh[:k].T * s[:k]
-    return out
-
-
-def principal(factor: Tensor, count: float, energy: float) -> tuple[Tensor, Tensor]:
-    """(U ``[d, k]``, S ``[k]``) of the covariance F Fᵀ / count: the directions holding ``energy`` of it,
-    S the standard deviation of the inputs along each. ``factor`` is a sketch: orthogonal columns in
-    descending norm (``sketch`` and ``dense_sketch`` make them so), so no decomposition is needed."""
-    norms = factor.norm(dim=0)
-    kept = int((norms > 0).sum())
-    variance = norms[:kept] ** 2 / max(float(count), 1.0)
-    total = float(variance.sum())
-    if kept == 0 or total <= 0:
-        return factor[:, :0], variance[:0]
-    ratio = torch.cumsum(variance, 0) / total
-    k = min(int((ratio < energy).sum()) + 1, kept)
-    return factor[:, :k] / norms[:k], variance[:k].sqrt()
-
-
-def dense_sketch(gram: Tensor, q: int) -> Tensor:
-    """The ``[..., d, q]`` sketch of Gram matrices Xᵀ X ``[..., d, d]`` (top-q eigenvectors scaled by
-    √eigenvalue, descending)."""
-    values, vectors = torch.linalg.eigh(gram.float())
-    top = values.flip(-1)[..., :q].clamp_min(0)
-    out = gram.new_zeros(*gram.shape[:-1], q)
-    out[..., : top.shape[-1]] = (vectors.flip(-1)[..., :q] * top.sqrt().unsqueeze(-2)).to(gram.dtype)
-    return out
-
-
-#: below this input width the inputs' Gram matrix (d × d) is kept exactly between steps
-DENSE_WIDTH = 2048
 
 
 class SAMERouter(nn.Module):
@@ -209,7 +156,7 @@ def normalised(values: Tensor) -> Tensor:
     return torch.zeros_like(values) if spread <= 0 else (values - values.min()) / spread
 
 
-class SAME(Method):
+class SAME(ExpertMixture):
     id = "same"
     summary = "MoE-LoRA with a spectral-aware router, curvature-preconditioned experts and adaptive expert freezing"
     Params = SAMEParams
@@ -221,30 +168,16 @@ class SAME(Method):
         super().__init__(params, run)
         self.task_index = 0
 
-    @property
-    def experts(self) -> list[str]:
-        return [expert_name(i) for i in range(self.params.num_experts or max(2, self.run.num_tasks))]
+    def expert_count(self) -> int:
+        return int(self.params.num_experts or max(2, self.run.num_tasks))
 
-    def attach(self, backbone) -> None:
-        from prism.adapters import inject_adapters
-        from prism.adapters.slot_ops import add_experts
+    def make_router(self, layer, generator) -> SAMERouter:
         from prism.adapters.layers import module_device
 
-        super().attach(backbone)
-        params = self.params
-        self.adapters = inject_adapters(backbone.model, backbone.target_regex(params.target_modules))
-        add_experts(self.adapters, self.experts, total_rank=params.r, alpha=params.alpha, dropout=params.dropout,
-                    init=params.init_a, seed=self.run.seed)
-        router_seed = torch.Generator().manual_seed(self.run.seed + 1)
-
-        def build(layer):
-            router = SAMERouter(layer.in_features, len(self.experts), params.max_components, generator=router_seed,
-                                device=module_device(layer.base_layer))
-            router.top_k, router.batch_mean = params.top_k, params.inference_gate == "batch_mean"
-            return router
-
-        self.adapters.set_router(build, name=ROUTER)
-        self.adapters.set_trainable(self.experts, routers=True)
+        router = SAMERouter(layer.in_features, len(self.experts), self.params.max_components, generator=generator,
+                            device=module_device(layer.base_layer))
+        router.top_k, router.batch_mean = self.params.top_k, self.params.inference_gate == "batch_mean"
+        return router
 
     def layers(self) -> list[tuple[Any, SAMERouter]]:
         assert self.adapters is not None
@@ -256,9 +189,8 @@ class SAME(Method):
 
     # -- training ----------------------------------------------------------------------------
     def begin_task(self, task: TaskContext) -> None:
-        assert self.adapters is not None
+        super().begin_task(task)
         self.task_index = task.index
-        self.adapters.set_trainable(self.experts, routers=True)
         for _, router in self.layers():
             router.task_sketch.zero_()
             router.task_count.zero_()
@@ -303,8 +235,7 @@ class SAME(Method):
 
     def end_task(self, task: TaskContext, fit) -> None:
         """The task's input covariance joins the earlier tasks' (the curvature of the next tasks)."""
-        assert self.adapters is not None
-        self.adapters.set_trainable([], routers=False)
+        super().end_task(task, fit)
         for _, router in self.layers():
             combined = torch.cat([router.prev_sketch, router.task_sketch], dim=1)
             merged = dense_sketch(combined @ combined.T, router.q) if combined.shape[0] <= DENSE_WIDTH \
@@ -326,7 +257,7 @@ class SAME(Method):
         gate = pending["gate"] if pending["gate"] is not None else torch.zeros(experts, device=device)
         energy = pending["energy"] if pending["energy"] is not None else torch.zeros(experts, device=device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            local, gram, tokens, gate, energy = _reduce(local.to(device), gram, tokens, gate.to(device),
+            local, gram, tokens, gate, energy = reduce_step(local.to(device), gram, tokens, gate.to(device),
                                                        energy.to(device), router.task_sketch.shape[0])
         current, matrix = router.task_sketch, None
         if gram is not None:
@@ -397,26 +328,3 @@ class SAME(Method):
             raise CheckpointError(f"the checkpoint holds experts {saved}; these settings make {self.experts}",
                                   hint="set [method.same] num_experts as in the run that saved it")
         self.task_index = int(metadata.get("task_index", 0))
-
-
-def _reduce(local: Tensor, gram: Tensor | None, tokens: Tensor, gate: Tensor, energy: Tensor, width: int):
-    """Every process's step statistics combined: Gram matrices and sums added, sketches gathered."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size()
-    if width <= DENSE_WIDTH:
-        gram = gram if gram is not None else local.new_zeros(width, width)
-        dist.all_reduce(gram)
-    else:
-        columns = torch.tensor([local.shape[1]], device=local.device)
-        counts = [torch.zeros_like(columns) for _ in range(world)]
-        dist.all_gather(counts, columns)
-        padded = local.new_zeros(local.shape[0], int(max(int(c) for c in counts)))
-        padded[:, : local.shape[1]] = local
-        gathered = [torch.zeros_like(padded) for _ in range(world)]
-        dist.all_gather(gathered, padded)
-        local = torch.cat(gathered, dim=1)
-    sums = torch.cat([tokens.float(), gate.float(), energy.float()])
-    dist.all_reduce(sums)
-    experts = gate.shape[0]
-    return local, gram, sums[:1], sums[1:1 + experts], sums[1 + experts:]
