@@ -66,7 +66,31 @@ def test_peak_rss_and_start_up_do_not_grow_with_the_task(model, tmp_path):
         runs[records] = _measure(_project(tmp_path / f"run{records}", model, data, extra=EXTRA))
     small, large = runs[200], runs[2000]
     assert large["peak_kib"] <= 1.25 * small["peak_kib"], (small["peak_kib"], large["peak_kib"])
-    assert large["first_step"] <= 1.3 * small["first_step"] + 2.0, (small["first_step"], large["first_step"])
+    assert small["first_step"] is not None and large["first_step"] is not None  # both reached a first step
+
+
+def test_start_up_decodes_no_image_before_the_first_batch(tmp_path, monkeypatch):
+    """Start-up work does not grow with the task: building the dataset of 2,000 records reads no
+    image, and serving the first batch reads that batch's images only. (Wall-clock start-up time
+    is printed by bench/data_pipeline.py, never asserted: it varies with the machine's load.)"""
+    from types import SimpleNamespace
+
+    from prism.backbones.llava import LlavaBackbone
+    from prism.benchmarks import data as data_module
+    from prism.benchmarks.data import TaskDataset
+    from prism.benchmarks.records import load_train_records
+
+    root = scale_data.write_task(tmp_path / "data", 2000, images=32, text_only=0.1)
+    spec = scale_data.task_spec()
+    records = load_train_records(root, spec)
+    backbone = LlavaBackbone().load(SimpleNamespace(model="builtin:tiny-llava", attn="auto"))
+    reads: list[str] = []
+    real = data_module.load_image
+    monkeypatch.setattr(data_module, "load_image", lambda path, **kw: reads.append(str(path)) or real(path, **kw))
+    dataset = TaskDataset(records, backbone=backbone, root=root, specs=[spec])
+    assert len(dataset) == 2000 and reads == []
+    batch = next(dataset.batches(4, generator=0))
+    assert 1 <= len(reads) <= len(batch) == 4
 
 
 def test_an_image_that_differs_from_the_manifest_stops_training(model, tmp_path):
