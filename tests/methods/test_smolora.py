@@ -216,6 +216,22 @@ def test_the_instruction_router_picks_its_highest_score_and_routers_learn_unless
     assert layer.routers[FUSION].visual_score.grad.abs().sum() > 0  # the fusion scores always learn
 
 
+@pytest.mark.parametrize("when", ["first_task", "every_task"])
+def test_routers_learn_on_the_first_task_and_are_frozen_afterwards_unless_every_task(when):
+    method = make(train_routers=when)
+    layer = first(method)
+
+    def trainable():
+        return {name: layer.routers[name].weight.requires_grad for name in (VISUAL, INSTRUCTION_ROUTER)}
+
+    method.begin_task(task(0))
+    assert all(trainable().values())
+    method.end_task(task(0), None)
+    method.begin_task(task(1))
+    assert set(trainable().values()) == {when == "every_task"}
+    assert layer.routers[FUSION].visual_score.requires_grad and layer.lora_B["instruction0"].weight.requires_grad
+
+
 def test_state_round_trip_oracle_and_refusal_with_another_encoder(monkeypatch):
     from prism.backbones import instruction_encoders
     from prism.errors import CheckpointError
