@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_METHODS = ["zeroshot", "ft_lora", "replay_lora", "ewc", "olora", "moelora", "clmoe", "same", "hide_llava", "disco",
+DEFAULT_METHODS = ["zeroshot", "ft_lora", "replay_lora", "ewc", "olora", "moelora", "clmoe", "smolora", "same", "hide_llava", "disco",
                    "modal_prompt", "joint"]
 
 

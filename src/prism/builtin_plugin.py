@@ -18,6 +18,8 @@ def register_methods(register):
              "E LoRA experts per layer mixed per token by a softmax router; all train on every task")
     register("clmoe", "prism.methods.clmoe:CLMoE",
              "LoRA experts with instance and task-level routers; experts merged by dual momentum after each task")
+    register("smolora", "prism.methods.smolora:SMoLoRA",
+             "visual and instruction LoRA experts per layer, each chosen top-1 by its own router, fused per token")
     register("same", "prism.methods.same:SAME",
              "MoE-LoRA with a spectral-aware router, curvature-preconditioned experts and adaptive expert freezing")
     register("modal_prompt", "prism.methods.modal_prompt:ModalPrompt",

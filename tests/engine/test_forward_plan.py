@@ -28,6 +28,12 @@ def test_context_and_plan_check_what_they_are_given():
         ForwardPlan(routing=torch.ones(2, 3), routing_slots=("a", "b"))
     plan = ForwardPlan(routing=torch.tensor([[0.25, 0.75]]), routing_slots=("colour", "count"))
     assert plan.routing_rows() == [{"colour": 0.25, "count": 0.75}]
+    assert plan.sample_details(1) is None
+    assert ForwardPlan(describe_samples=lambda: [{"experts": [1]}]).sample_details(1) == [{"experts": [1]}]
+    with pytest.raises(ValueError, match="2 samples"):
+        ForwardPlan(describe_samples=lambda: [{"experts": [1]}]).sample_details(2)
+    with pytest.raises(ValueError, match="routing"):  # the engine's own metadata stays the engine's
+        ForwardPlan(describe_samples=lambda: [{"routing": {}}]).sample_details(1)
 
 
 def test_v1_methods_keep_their_before_forward():

@@ -15,6 +15,8 @@ def test_the_largest_weight_must_be_on_the_samples_own_task():
     assert routed_right(_line(0, "count", {"colour": 0.2, "count": 0.8})) is True
     assert routed_right(_line(0, "count", {"colour": 0.6, "count": 0.4})) is False
     assert routed_right({"question_id": 0, "metadata": {"task": "count"}}) is None
+    assert routed_right(_line(0, "count", {"colour": 0.5, "count": 0.5})) is False  # a tie singles nothing out
+    assert routed_right(_line(0, "count", {"count": 1.0})) is True
     lines = [_line(0, "a", {"a": 0.9, "b": 0.1}), _line(1, "a", {"a": 0.1, "b": 0.9}),
              _line(2, "a", {"a": 0.5, "b": 0.4}), {"question_id": 3, "metadata": {"task": "a"}}]
     assert routing_accuracy(lines) == 200 / 3

@@ -2,7 +2,8 @@
 
 A method that weights task slots per sample records, on every prediction line,
 ``metadata.routing``: task name -> weight. A sample is routed right when its
-largest weight is on the slot of the task it comes from (``metadata.task``).
+largest weight is on the slot of the task it comes from (``metadata.task``) alone: a tie for the
+largest weight is not a right route (the router did not single the task out).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ def routed_right(line: Mapping[str, Any]) -> bool | None:
     routing = metadata.get("routing")
     if not routing:
         return None
-    best = max(routing, key=lambda name: routing[name])
-    return best == metadata.get("task")
+    top = max(routing.values())
+    best = [name for name, weight in routing.items() if weight == top]
+    return best == [metadata.get("task")]
 
 
 def routing_accuracy(lines: Iterable[Mapping[str, Any]]) -> float | None:

@@ -80,7 +80,9 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
                 new_tokens = out[:, inputs["input_ids"].shape[1]:] if "input_ids" in inputs else out
                 texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
                 routing = plan.routing_rows() if plan is not None else None
-                lines = [_prediction(record, text, spec, model_id, None if routing is None else routing[i])
+                details = plan.sample_details(len(batch)) if plan is not None else None
+                lines = [_prediction(record, text, spec, model_id, None if routing is None else routing[i],
+                                     None if details is None else details[i])
                          for i, (record, text) in enumerate(zip(batch.records, texts))]
                 pred_files.append(out_path, lines)
                 done.extend(lines)
@@ -100,11 +102,14 @@ def length_sorted_batches(lengths: Any, batch_size: int) -> list[list[int]]:
 
 
 def _prediction(record: dict, text: str, spec: TaskSpec, model_id: str,
-                routing: dict[str, float] | None = None) -> dict[str, Any]:
-    """One prediction line; ``routing`` (task slot -> weight) for methods that route per sample."""
+                routing: dict[str, float] | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One prediction line; ``routing`` (task slot -> weight) for methods that route per sample, ``details``
+    (the plan's ``describe_samples``) for what else a method records about the sample's forward."""
     metadata: dict[str, Any] = {"task": spec.name, "image": record.get("image")}
     if routing is not None:
         metadata["routing"] = routing
+    if details:
+        metadata.update(details)
     return {
         "question_id": record["question_id"],
         "prompt": record.get("text", ""),

@@ -11,13 +11,15 @@ installs slot weights on the adapters, honours an inputs override in training an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:
     import torch
 
 Phase = Literal["train", "end_task", "eval"]
 PHASES: tuple[str, ...] = ("train", "end_task", "eval")
+#: prediction metadata the engine writes itself (a plan's ``describe_samples`` adds other keys)
+RESERVED_METADATA: tuple[str, ...] = ("task", "image", "routing")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class ForwardPlan:
     recorded with its prediction (``metadata.routing``); ``routing_slots`` names the columns by
     the task each slot belongs to, so evaluation can tell whether the router picked the
     sample's own task.
+    ``describe_samples``: called once the forward (the whole ``generate``) has run; per sample, more
+    facts for its prediction's metadata, e.g. which experts a router chose at the prefill (known only
+    after the forward). Its keys may not replace the engine's own (``RESERVED_METADATA``).
     """
 
     slot_weights: list[SlotWeights] = field(default_factory=list)
@@ -74,12 +79,25 @@ class ForwardPlan:
     inputs: dict[str, "torch.Tensor"] | None = None
     routing: "torch.Tensor | None" = None
     routing_slots: tuple[str, ...] = ()
+    describe_samples: Callable[[], list[dict[str, Any]]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.routing is not None:
             if self.routing.ndim != 2 or self.routing.shape[1] != len(self.routing_slots):
                 raise ValueError(f"routing has shape {tuple(self.routing.shape)}; expected "
                                  f"[batch, {len(self.routing_slots)}] (one column per routing_slots entry)")
+
+    def sample_details(self, count: int) -> list[dict[str, Any]] | None:
+        """``describe_samples()``, checked: one dict per sample, none of the engine's own keys."""
+        if self.describe_samples is None:
+            return None
+        rows = list(self.describe_samples())
+        if len(rows) != count:
+            raise ValueError(f"describe_samples gave {len(rows)} rows for {count} samples")
+        clash = sorted({key for row in rows for key in row} & set(RESERVED_METADATA))
+        if clash:
+            raise ValueError(f"describe_samples may not set the prediction metadata's own keys {clash}")
+        return rows
 
     def routing_rows(self) -> list[dict[str, float]] | None:
         """Per sample, task name -> weight (what a prediction line records)."""
