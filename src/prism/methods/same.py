@@ -255,15 +255,15 @@ class SAME(ExpertMixture):
         pending, experts = router.pending, router.utilisation.shape[0]
         device = router.task_sketch.device
         local = torch.cat(router.pending_sketches, dim=1) if router.pending_sketches else router.task_sketch[:, :0]
-        gram = pending["gram"]
-        tokens = torch.tensor([pending["tokens"]], device=device)
-        gate = pending["gate"] if pending["gate"] is not None else torch.zeros(experts, device=device)
-        energy = pending["energy"] if pending["energy"] is not None else torch.zeros(experts, device=device)
+        gram, count, gate, energy = pending["gram"], pending["tokens"], pending["gate"], pending["energy"]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            tokens = torch.tensor([count], device=device)
+            gate = gate if gate is not None else torch.zeros(experts, device=device)
+            energy = energy if energy is not None else torch.zeros(experts, device=device)
             gram = None if gram is None else gram.clone()  # reduced in place; the tensor may be shared
             local, gram, tokens, gate, energy = reduce_step(local.to(device), gram, tokens, gate.to(device),
                                                        energy.to(device), router.task_sketch.shape[0])
-        count = float(tokens.sum())
+            count = float(tokens.sum())
         router.task_count += count
         if count > 0:
             decay = self.params.ema
