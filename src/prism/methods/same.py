@@ -22,7 +22,9 @@ the mean of its prompt tokens' gates, top-2 renormalised (the release evaluates 
 batch, so its batch mean is this per-sample mean; ``inference_gate = "batch_mean"`` shares one
 gate across the batch). Statistics are counted once per optimizer step, from training forwards
 only (never from the recomputation of gradient checkpointing or an end-of-task pass), and are
-combined across processes under DDP. The method edits gradients, so DeepSpeed is refused.
+combined across processes under DDP. Routers that read one tensor (q/k/v, gate/up) share its
+statistics, and equal sketch updates are decomposed once, all of one width in one batched call
+(``same_fold``): the results are each router's own. The method edits gradients, so DeepSpeed is refused.
 
 LAMDA-CL PRISM's port differs: the batch-mean gate also in training, softmax(logits / E) at
 inference, a randomised SVD of the current batch every 20 steps as the "covariance", the last
