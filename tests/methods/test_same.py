@@ -207,3 +207,52 @@ def test_a_task_resumed_from_a_step_checkpoint_continues_with_the_same_statistic
     assert mine.keys() == theirs.keys() and any(".routers.router.utilisation" in key for key in mine)
     for key in theirs:  # weights and the routers' sketches, EMAs and masks
         assert torch.allclose(mine[key], theirs[key], atol=1e-6), key
+
+
+def test_layers_reading_one_input_share_its_statistics_yet_each_gets_its_own_result():
+    """gate/up read one tensor: its Gram is computed once and their sketches decomposed once (q/k/v
+    likewise), yet every router's sketch and projected gradient are those of its own inputs."""
+    from prism.adapters.layers import LoRALinear
+    from prism.adapters.router_context import open_router_context
+    from prism.methods.same_fold import equal_updates
+    from prism.methods.spectral import dense_sketch
+
+    method = make()
+    method.begin_task(task(0))
+    model = method.backbone.model.model.language_model
+    with torch.no_grad():
+        for layer, _ in method.layers():
+            for name in method.experts:
+                layer.lora_B[name].weight.normal_(std=0.1)
+    inputs = {}
+
+    def record(module, args):
+        inputs[module] = args[0].detach()
+
+    hooks = [module.register_forward_pre_hook(record) for module in model.modules() if isinstance(module, LoRALinear)]
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, -3:] = 0  # padding: its rows are not counted
+    method.prepare_forward(None, ForwardContext("train"))
+    model.train()
+    open_router_context(model, attention_mask=mask)
+    embeds = torch.randn(2, 9, model.config.hidden_size)
+    model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state.pow(2).sum().backward()
+    for hook in hooks:
+        hook.remove()
+    routers = [router for _, router in method.layers()]
+    assert len({id(router.pending["gram"]) for router in routers}) < len(routers)  # one Gram per input
+    raw = [router.weight.grad.clone() for router in routers]
+    steps = [(router.task_sketch[:, :0], router.pending["gram"]) for router in routers]
+    for router in routers:
+        router.step_history = tuple(router.pending["history"])
+    assert len(equal_updates(routers, steps)) < len(routers)  # decomposed once per input
+    method.on_gradients(task(0), {})
+    for (layer, router), grad in zip(method.layers(), raw):
+        rows = inputs[layer].reshape(-1, layer.in_features)[mask.reshape(-1).bool()]
+        own = dense_sketch(rows.T @ rows, router.q)
+        assert float(router.task_count) == rows.shape[0]
+        assert torch.allclose(router.task_sketch @ router.task_sketch.T, own @ own.T, atol=1e-3), layer.path
+        u, s = principal(own, rows.shape[0], 0.9)
+        smooth = torch.stack([s[max(0, i - 2): i + 1].mean() for i in range(len(s))])
+        expected = ((grad @ u) * ((1 / smooth) / (1 / smooth).max())) @ u.T
+        assert torch.allclose(router.weight.grad, expected, atol=1e-5, rtol=1e-4), layer.path

@@ -286,8 +286,11 @@ class LoRALinear(nn.Module):
         lora_a = torch.cat([self.lora_A[n].weight for n in active])
         lora_b = torch.cat([self.lora_B[n].weight for n in active], dim=1)
         x_in = self.lora_dropout[first](x if x.dtype == lora_a.dtype else x.to(lora_a.dtype))
-        ranks = torch.tensor([self.specs[n].r for n in active], device=gates.device)
-        expanded = gates.to(lora_a.dtype).repeat_interleave(ranks, dim=-1)
+        ranks = [self.specs[n].r for n in active]
+        if len(set(ranks)) == 1:  # the usual equal ranks: no repeats tensor to build (nor a host sync on a GPU)
+            expanded = gates.to(lora_a.dtype).repeat_interleave(ranks[0], dim=-1)
+        else:
+            expanded = gates.to(lora_a.dtype).repeat_interleave(torch.tensor(ranks, device=gates.device), dim=-1)
         if expanded.ndim == 2 and x.ndim == 3:  # per-sample gates: one row per sample
             expanded = expanded.unsqueeze(1)
         hidden = torch.nn.functional.linear(x_in, lora_a) * expanded

@@ -22,7 +22,9 @@ the mean of its prompt tokens' gates, top-2 renormalised (the release evaluates 
 batch, so its batch mean is this per-sample mean; ``inference_gate = "batch_mean"`` shares one
 gate across the batch). Statistics are counted once per optimizer step, from training forwards
 only (never from the recomputation of gradient checkpointing or an end-of-task pass), and are
-combined across processes under DDP. The method edits gradients, so DeepSpeed is refused.
+combined across processes under DDP. Routers that read one tensor (q/k/v, gate/up) share its
+statistics, and equal sketch updates are decomposed once, all of one width in one batched call
+(``same_fold``): the results are each router's own. The method edits gradients, so DeepSpeed is refused.
 
 LAMDA-CL PRISM's port differs: the batch-mean gate also in training, softmax(logits / E) at
 inference, a randomised SVD of the current batch every 20 steps as the "covariance", the last
@@ -41,7 +43,8 @@ from torch import Tensor, nn
 from prism.methods.base import LoRAParams, TaskContext
 from prism.methods.experts import ROUTER, ExpertMixture, expert_name  # noqa: F401 (re-exported for tests)
 from prism.methods.forward import ForwardContext, ForwardPlan
-from prism.methods.spectral import DENSE_WIDTH, dense_sketch, principal, reduce_step, sketch
+from prism.methods.same_fold import fold, rows_of
+from prism.methods.spectral import DENSE_WIDTH, dense_sketch, input_stats, principal, reduce_step, sketch
 
 
 class SAMEParams(LoRAParams):
@@ -90,16 +93,17 @@ class SAMERouter(nn.Module):
         self.register_buffer("importance", torch.full((experts,), 1.0 / experts, device=device))
         self.register_buffer("masks", torch.ones(experts, device=device))
         self.collecting = False
-        #: (U, S) of the task's and of the earlier tasks' input covariance, recomputed when they change
-        self.principal: tuple[Tensor, Tensor] | None = None
+        #: (U, S + μ) of the earlier tasks' input covariance (None: not computed since it last changed)
         self.prev_principal: tuple[Tensor, Tensor] | None = None
+        self.step_history: tuple[int, ...] = ()  # the inputs of the step being folded (see same_fold)
         self.top_k = 2
         self.batch_mean = False
         self.reset_pending()
 
     def reset_pending(self) -> None:
         self.pending_sketches: list[Tensor] = []  # wide inputs: one sketch per micro-batch
-        self.pending = {"tokens": 0.0, "gate": None, "energy": None, "gram": None}
+        #: "history": the serials of the inputs seen this step (routers with equal histories share them)
+        self.pending = {"tokens": 0.0, "gate": None, "energy": None, "gram": None, "history": []}
 
     def gates(self, x: Tensor) -> Tensor:
         probs = torch.softmax(nn.functional.linear(x, self.weight.to(x.dtype)).float(), dim=-1)
@@ -111,7 +115,7 @@ class SAMERouter(nn.Module):
         if self.training:
             gates = self.gates(x)
             if self.collecting and torch._C._current_graph_task_id() == -1:  # not a checkpoint recomputation
-                self._collect(x, gates, mask)
+                self._collect(x, gates, mask, None if context is None else context.cache)
             return gates.to(x.dtype)
         cache = {} if context is None else context.cache
         key = f"same_gate_{id(self)}"
@@ -125,21 +129,19 @@ class SAMERouter(nn.Module):
         return cache[key].to(x.dtype)
 
     @torch.no_grad()
-    def _collect(self, x: Tensor, gates: Tensor, mask: Tensor | None) -> None:
-        rows, weights = x.detach().reshape(-1, x.shape[-1]).float(), gates.detach().reshape(-1, gates.shape[-1])
-        if mask is not None:
-            keep = mask[:, -x.shape[1]:].reshape(-1).bool().to(rows.device)
-            rows, weights = rows[keep], weights[keep]
+    def _collect(self, x: Tensor, gates: Tensor, mask: Tensor | None, cache: dict | None) -> None:
+        stats = input_stats(x, mask, self.q, cache)  # shared with the other routers reading this x
+        weights = gates.detach().reshape(-1, gates.shape[-1])
+        if stats.keep is not None:
+            weights = weights.index_select(0, stats.keep)
         pending = self.pending
-        if rows.shape[1] <= DENSE_WIDTH:  # exact: Xᵀ X is small
-            if pending["gram"] is None:
-                pending["gram"] = rows.T @ rows
-            else:
-                pending["gram"].addmm_(rows.T, rows)
+        if stats.gram is not None:  # out of place: the tensor may be another router's too
+            pending["gram"] = stats.gram if pending["gram"] is None else pending["gram"] + stats.gram
         else:
-            self.pending_sketches.append(sketch(rows, self.q))
-        energy = (weights * rows.pow(2).sum(-1, keepdim=True)).sum(0)
-        pending["tokens"] += float(rows.shape[0])
+            self.pending_sketches.append(stats.sketch)
+        pending["history"].append(stats.serial)
+        energy = stats.sq @ weights
+        pending["tokens"] += stats.tokens
         pending["gate"] = weights.sum(0) if pending["gate"] is None else pending["gate"] + weights.sum(0)
         pending["energy"] = energy if pending["energy"] is None else pending["energy"] + energy
 
@@ -152,8 +154,10 @@ def top_k(gates: Tensor, k: int) -> Tensor:
 
 
 def normalised(values: Tensor) -> Tensor:
-    spread = values.max() - values.min()
-    return torch.zeros_like(values) if spread <= 0 else (values - values.min()) / spread
+    """Min-max normalised along the last dimension (zeros where all are equal)."""
+    low = values.min(-1, keepdim=True).values
+    spread = values.max(-1, keepdim=True).values - low
+    return torch.where(spread > 0, (values - low) / spread, torch.zeros_like(values))
 
 
 class SAME(ExpertMixture):
@@ -196,7 +200,7 @@ class SAME(ExpertMixture):
             router.task_count.zero_()
             router.utilisation.fill_(1.0 / len(self.experts))
             router.masks.fill_(1.0)
-            router.principal = router.prev_principal = None
+            router.prev_principal = None
             router.reset_pending()
 
     def prepare_forward(self, batch, context: ForwardContext) -> ForwardPlan:
@@ -207,31 +211,32 @@ class SAME(ExpertMixture):
     def on_gradients(self, task: TaskContext, parameters: dict[str, nn.Parameter]) -> None:
         """Fold this step's statistics in, then project the router gradients and precondition the experts."""
         layers = self.layers()
-        dense = [(router, matrix) for _, router in layers if (matrix := self._fold_step(router)) is not None]
-        by_width: dict[int, list[tuple[SAMERouter, Tensor]]] = {}
-        for router, matrix in dense:
-            by_width.setdefault(matrix.shape[0], []).append((router, matrix))
-        for group in by_width.values():  # one batched eigendecomposition per input width
-            sketches = dense_sketch(torch.stack([m for _, m in group]), group[0][0].q)
-            for (router, _), new in zip(group, sketches):
-                router.task_sketch.copy_(new)
-        for layer, router in layers:
-            router.principal = principal(router.task_sketch, float(router.task_count), self.params.energy)
-            self._project_router_gradient(router)
-            if task.index > 0 and float(router.prev_count) > 0:
-                self._precondition_experts(layer, router)
-            for column, name in enumerate(self.experts):  # frozen experts: no update at all (AdamW skips them)
-                if router.masks[column] == 0:
+        routers = [router for _, router in layers]
+        subspaces = fold(routers, [self._fold_step(router) for router in routers], self.params.energy,
+                         self.params.window)
+        frozen = rows_of([router.masks for _, router in layers], lambda masks: masks.eq(0))
+        for (layer, router), subspace, off in zip(layers, subspaces, frozen):
+            for name, freeze in zip(self.experts, off):  # frozen experts: no update at all (AdamW skips them)
+                if freeze:
                     layer.lora_A[name].weight.grad = None
                     layer.lora_B[name].weight.grad = None
+            self._project_router_gradient(router, subspace)
+            if task.index > 0:
+                self._precondition_experts(layer, router)
 
     def after_step(self, task: TaskContext, step: int) -> None:
         """Refresh the expert masks from the EMAs (the current task's expert always kept)."""
-        for _, router in self.layers():
-            score = normalised(router.utilisation) - normalised(router.importance)
-            masks = (score >= self.params.tau).float()
-            masks[self.current_expert] = 1.0
-            router.masks.copy_(masks)
+        routers = [router for _, router in self.layers()]
+        by_device: dict[Any, list[SAMERouter]] = {}
+        for router in routers:
+            by_device.setdefault(router.masks.device, []).append(router)
+        for group in by_device.values():  # every layer at once
+            utilisation = torch.stack([router.utilisation for router in group])
+            importance = torch.stack([router.importance for router in group])
+            masks = (normalised(utilisation) - normalised(importance) >= self.params.tau).float()
+            masks[:, self.current_expert] = 1.0
+            for router, row in zip(group, masks):
+                router.masks.copy_(row)
 
     def end_task(self, task: TaskContext, fit) -> None:
         """The task's input covariance joins the earlier tasks' (the curvature of the next tasks)."""
@@ -246,59 +251,53 @@ class SAME(ExpertMixture):
             router.collecting = False
 
     @torch.no_grad()
-    def _fold_step(self, router: SAMERouter) -> Tensor | None:
-        """This optimizer step's statistics (every process's, under DDP) into the task's sketch and EMAs;
-        for a narrow input, returns the task's updated Gram matrix to decompose (batched by the caller)."""
+    def _fold_step(self, router: SAMERouter) -> tuple[Tensor, Tensor | None]:
+        """This optimizer step's statistics (every process's, under DDP) into the task's count and EMAs;
+        returns the step's new input sketches and Gram matrix for the task sketch."""
         pending, experts = router.pending, router.utilisation.shape[0]
         device = router.task_sketch.device
         local = torch.cat(router.pending_sketches, dim=1) if router.pending_sketches else router.task_sketch[:, :0]
-        gram = pending["gram"]
-        tokens = torch.tensor([pending["tokens"]], device=device)
-        gate = pending["gate"] if pending["gate"] is not None else torch.zeros(experts, device=device)
-        energy = pending["energy"] if pending["energy"] is not None else torch.zeros(experts, device=device)
+        gram, count, gate, energy = pending["gram"], pending["tokens"], pending["gate"], pending["energy"]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
+            tokens = torch.tensor([count], device=device)
+            gate = gate if gate is not None else torch.zeros(experts, device=device)
+            energy = energy if energy is not None else torch.zeros(experts, device=device)
+            gram = None if gram is None else gram.clone()  # reduced in place; the tensor may be shared
             local, gram, tokens, gate, energy = reduce_step(local.to(device), gram, tokens, gate.to(device),
                                                        energy.to(device), router.task_sketch.shape[0])
-        current, matrix = router.task_sketch, None
-        if gram is not None:
-            matrix = current @ current.T + gram.to(device)
-        elif local.shape[1]:
-            router.task_sketch.copy_(sketch(torch.cat([current, local.to(device)], dim=1).T, router.q))
-        count = float(tokens.sum())
+            count = float(tokens.sum())
         router.task_count += count
         if count > 0:
             decay = self.params.ema
             router.utilisation.mul_(decay).add_(gate.to(device) / count, alpha=1 - decay)
             router.importance.mul_(decay).add_(energy.to(device) / count, alpha=1 - decay)
+        router.step_history = tuple(pending["history"])
         router.reset_pending()
-        return matrix
+        return local, gram
 
-    def _project_router_gradient(self, router: SAMERouter) -> None:
+    def _project_router_gradient(self, router: SAMERouter, subspace: tuple[Tensor, Tensor] | None) -> None:
         grad = router.weight.grad
-        if grad is None or router.principal is None:
+        if grad is None or subspace is None:
             return
-        u, s = router.principal
-        if u.shape[1] == 0:
-            return
-        smooth = torch.stack([s[max(0, i - self.params.window + 1): i + 1].mean() for i in range(s.shape[0])])
-        inverse = 1.0 / smooth.clamp_min(1e-12)
-        scale = (inverse / inverse.max()).to(grad.device, grad.dtype)
-        u = u.to(grad.device, grad.dtype)
+        u, scale = (t.to(grad.device, grad.dtype) for t in subspace)
         grad.copy_(((grad @ u) * scale) @ u.T)
 
     def _precondition_experts(self, layer: Any, router: SAMERouter) -> None:
         if router.prev_principal is None:
-            router.prev_principal = principal(router.prev_sketch, float(router.prev_count), self.params.energy)
-        u, s = router.prev_principal
-        mu = self.params.mu
-        for name in self.experts:
-            grad = layer.lora_A[name].weight.grad  # [r, d_in]
-            if grad is None:
-                continue
-            basis = u.to(grad.device, grad.dtype)
-            inside = grad @ basis  # coordinates in the earlier tasks' principal subspace
-            scaled = (inside / (s.to(grad.device, grad.dtype) + mu)) @ basis.T
-            grad.copy_(scaled + (grad - inside @ basis.T) / mu)
+            if float(router.prev_count) <= 0:
+                return
+            u, s = principal(router.prev_sketch, float(router.prev_count), self.params.energy)
+            router.prev_principal = (u, s + self.params.mu)
+        u, shifted = router.prev_principal
+        grads = [grad for name in self.experts if (grad := layer.lora_A[name].weight.grad) is not None]
+        if not grads:
+            return
+        stacked = torch.cat(grads)  # every expert's A gradient [E·r, d_in], scaled at once
+        basis, shifted = u.to(stacked.device, stacked.dtype), shifted.to(stacked.device, stacked.dtype)
+        inside = stacked @ basis  # coordinates in the earlier tasks' principal subspace
+        scaled = (inside / shifted) @ basis.T + (stacked - inside @ basis.T) / self.params.mu
+        for grad, new in zip(grads, scaled.split([g.shape[0] for g in grads])):
+            grad.copy_(new)
 
     # -- state -------------------------------------------------------------------------------
     def step_state(self) -> dict[str, Tensor]:
@@ -313,8 +312,6 @@ class SAME(ExpertMixture):
                 key = f"{row}.{name}"
                 if key in tensors:
                     buffer.copy_(tensors[key].to(buffer.device, buffer.dtype))
-            router.principal = principal(router.task_sketch, float(router.task_count), self.params.energy) \
-                if float(router.task_count) > 0 else None
             router.prev_principal = None
 
     def state_metadata(self) -> dict[str, Any]:
