@@ -25,12 +25,9 @@ DEFAULT_METHODS = ["zeroshot", "ft_lora", "replay_lora", "ewc", "olora", "moelor
 
 LORA_KEYS = ("r", "alpha", "dropout", "target_modules")
 
-#: Settings that differ from a method's published defaults on this benchmark, and why.
-#: EWC's penalty is λ·F·(θ−θ*)² with F the mean squared gradient of the task loss. On the
-#: tiny model the loss ends near 5e-4, so F is ~1e-9 and PRISM's λ = 5000 (tuned on 7B
-#: models whose loss stays far higher) leaves the penalty at ~1e-5 of the loss: no effect.
-#: λ = 3e7 puts the penalty on the scale of the loss (measured sweep: docs/methods-synthetic.md).
-DEMO_SETS: dict[str, list[str]] = {"ewc": ["method.ewc.lambda_ewc=3e7"]}
+#: Settings that differ from what prism.toml gives a user, and why (none today: the tiny-model
+#: values, such as EWC's λ, live in prism.toml itself, where the user sees them).
+DEMO_SETS: dict[str, list[str]] = {}
 
 
 def shared_lora_sets(method: str) -> list[str]:
@@ -99,6 +96,10 @@ def main() -> None:
         print(f"{method:12s} Last {cells['last']:>12s}  MFT {cells['mft']:>12s}  MAA {cells['maa']:>12s}  "
               f"BWT {cells['bwt']:>12s}  {seconds:.0f}s/run")
 
+    import tomllib
+
+    config = tomllib.loads((REPO / "prism.toml").read_text())
+    train, toml_methods = config["train"], {k: v for k, v in config["method"].items() if isinstance(v, dict)}
     lines = [
         "# Methods on the synthetic benchmark",
         "",
@@ -106,14 +107,19 @@ def main() -> None:
             ["--methods", *args.methods, "--seeds", *map(str, args.seeds)]
             + (["--ewc-lambdas", *(f"{x:g}" for x in args.ewc_lambdas)] if args.ewc_lambdas else []))
         + "` with the repository's",
-        "prism.toml (tiny LLaVA, 5 tasks, 300 steps x batch 16 per task, lr 2e-3; every LoRA method",
+        f"prism.toml (tiny LLaVA, 5 tasks, {train['max_steps']} steps x batch {train['global_batch_size']} per task, "
+        f"lr {train['lr']:g}; every LoRA method",
         "uses ft_lora's LoRA settings from that file: r 8, alpha 16, attn_and_ffn). Scores in %,",
         f"mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}. joint trains once on every",
         "task (the upper bound): only Last is defined for it. BWT < 0 means forgetting. \"time per run\" is",
         "the wall time of training and evaluating the whole sequence once (2 shared CPU cores).",
         "",
-        "Settings changed from the published defaults for this benchmark (`DEMO_SETS` in the script):",
-        *[f"- {m}: `{'`, `'.join(sets)}`" for m, sets in DEMO_SETS.items() if m in args.methods],
+        "Method settings from prism.toml's method tables (tiny-model values; the file says why): "
+        + "; ".join(f"{m}: " + ", ".join(f"{k} = {v}" for k, v in table.items())
+                    for m, table in toml_methods.items() if m != "ft_lora" and m in args.methods) + ".",
+        *(["Changed by this script (`DEMO_SETS`): " + "; ".join(f"{m}: `{'`, `'.join(sets)}`"
+                                                                 for m, sets in DEMO_SETS.items())]
+          if DEMO_SETS else []),
         "",
         "| method | Last/MFN | MFT | MAA | BWT | time per run |",
         "|---|---:|---:|---:|---:|---:|",

@@ -45,20 +45,31 @@ def test_tokenizer_covers_benchmark_and_base_texts():
     assert tok("<image><image>x?", add_special_tokens=False)["input_ids"][:2] == [tok.convert_tokens_to_ids("<image>")] * 2
 
 
-def test_base_data_never_uses_the_task_formats():
+def test_base_data_never_ties_a_task_format_to_a_scene():
+    """The answer formats appear on text only (words to repeat); a scene always gets a caption."""
     rng = random.Random(0)
     questions = {t.question for t in syn.TASKS}
     words = tiny.copy_words()
-    kinds = set()
+    kinds, formats = set(), set()
     for _ in range(500):
         scene, question, answer = tiny.base_example(rng, words)
         assert question not in questions
-        if scene is None:
+        if scene is not None:
+            assert len(answer.split()) >= 3  # captions, never a bare colour, letter, digit or side
+        elif "\n" not in question:
             assert question == tiny.REPEAT.format(words=answer)
         else:
-            assert len(answer.split()) >= 3  # captions, never a bare colour, letter, digit or side
+            head, suffix = question.split("\n", 1)[0], question.rsplit("\n", 1)[1]
+            given = head.removeprefix(tiny.REPEAT.format(words="")).split()
+            expected = {tiny.ONE_WORD: given[0], tiny.ONE_NUMBER: str(len(given))}.get(suffix)
+            if suffix == tiny.LETTER:
+                options = [line.split(". ", 1)[1] for line in question.split("\n")[1:-1]]
+                expected = syn.OPTION_LETTERS[options.index(given[0])]
+            assert answer == expected, (question, answer)
+            formats.add(suffix)
         kinds.add(question.split()[0])
     assert kinds == {"Repeat", "How", "What"} | {p.split()[0] for p in tiny.DESCRIBE_PROMPTS}
+    assert formats == {tiny.ONE_WORD, tiny.ONE_NUMBER, tiny.LETTER}
 
 
 def test_untrained_model_geometry():
@@ -146,11 +157,27 @@ def test_shipped_base_grounds_and_copies(shipped):
     assert copied >= 8  # letters and digits are producible: the continual tasks need them
 
 
-def test_shipped_base_does_not_answer_in_task_formats(shipped):
-    """Zero-shot about 0: the base grounds the scenes but answers with captions."""
+def test_shipped_base_follows_answer_formats_but_has_not_learned_the_tasks(shipped):
+    """Builder v2: text-only format examples make the base follow "Answer with one word." /
+    "... a single number." and answer the option-letter instruction with a letter, as an
+    instruction-tuned LLM would; zero-shot on the scenes it stays near chance (colour, count and
+    caption 0 of 16, shape_mc's letter a guess), so every task still has to be learned."""
+    rng = random.Random(5)
+    words = tiny.copy_words()
+    right = {tiny.ONE_WORD: [], tiny.ONE_NUMBER: [], tiny.LETTER: []}
+    for _ in range(48):
+        _, question, answer = tiny.format_example(rng, words)
+        suffix = question.rsplit("\n", 1)[1]
+        out = _generate(shipped, question, [None])[0]
+        right[suffix].append(out in syn.OPTION_LETTERS if suffix == tiny.LETTER else out == answer)
+    for suffix, hits in right.items():
+        assert sum(hits) >= 0.75 * len(hits), (suffix, hits)
     rng = random.Random(11)
+    scores = []
     for task in syn.TASKS:
         scenes = [task.make_scene(rng) for _ in range(16)]
         answers = _generate(shipped, task.question, scenes, task.spec.max_new_tokens)
         hits = sum(a.upper() == task.answer(s).upper() for a, s in zip(answers, scenes))
-        assert hits <= 1, (task.spec.name, answers)
+        assert hits <= 8, (task.spec.name, answers)
+        scores.append(hits / 16)
+    assert sum(scores) / len(scores) <= 0.25, scores

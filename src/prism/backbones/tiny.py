@@ -3,11 +3,15 @@
 The model is a real ``LlavaForConditionalGeneration`` (CLIP tower + Llama), only
 tiny: 48 px images, 36 image tokens, a word-level vocabulary of the synthetic
 benchmark, ~0.45 M parameters. It is pre-trained from scratch on captions of
-synthetic scenes plus "Repeat the words: ..." copy examples, so that it grounds
-colours, shapes, counts and positions and can produce every word (letters and
-digits included) but does not yet answer in the continual tasks' formats:
-zero-shot it scores about 0, fine-tuned it learns each task, and training
-task after task makes it forget. That is the whole point of the default.
+synthetic scenes, "Repeat the words: ..." copy examples and text-only examples
+of the answer formats (one word, a single number, an option letter), so that
+it grounds colours, shapes, counts and positions and follows a format
+instruction — like the instruction-tuned LLM of a real MCIT run — but has never
+answered a question about a scene in a task's format: zero-shot it scores near
+chance, fine-tuned it learns each task, and training task after task makes it
+forget part of what it learned (sequential LoRA keeps about half, as on UCIT).
+Builder version 1 had no format examples: each task then had to teach its
+format too, and the next task's format overwrote it (forgetting ~100 %).
 
 ``python -m prism.backbones.tiny build --out DIR [--steps N] [--seed S]``
 """
@@ -30,7 +34,7 @@ from prism.backbones.quiet import quiet_transformers
 from prism.backbones.template import get_template
 from prism.benchmarks import synthetic as syn
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 METADATA_FILE = "prism_tiny.json"
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 IMAGE_TOKEN = "<image>"
@@ -40,14 +44,22 @@ NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2  # CLS dropped ("default" str
 
 # -- base (pre-training) data: captions in formats the continual tasks do not use ----------
 DESCRIBE = "Describe the image."
-#: Paraphrases teach the base that any unfamiliar question about an image gets a
-#: caption (never a bare word), which keeps zero-shot task scores at about 0.
+#: Paraphrases teach the base that an unfamiliar question about an image gets a
+#: caption, which keeps zero-shot task scores near chance.
 DESCRIBE_PROMPTS: tuple[str, ...] = (DESCRIBE, "What do you see?", "Tell me about this picture.",
                                      "Give a description of the scene.")
 HOW_MANY = "How many shapes do you see?"
 ON_SIDE = "What is on the {side}?"
 REPEAT = "Repeat the words: {words}"
 COPY_FRACTION = 0.15
+#: Text-only examples that teach the answer formats the continual tasks ask for (one word, a
+#: single number, an option letter) on words rather than images: the base follows a format
+#: instruction, as an instruction-tuned LLM does, but has never tied a format to a scene.
+#: The prompts reuse the benchmark's own wording, so the vocabulary is unchanged.
+FORMAT_FRACTION = 0.25
+ONE_WORD = syn.TASKS[0].question.split("\n")[1]
+ONE_NUMBER = syn.TASKS[2].question.split("\n")[1]
+LETTER = syn.MC_QUESTION.split("\n")[-1]
 
 
 def _describe_single(item: syn.Item) -> str:
@@ -89,8 +101,24 @@ def copy_words() -> list[str]:
     return [w for w in vocabulary()[len(SPECIAL_TOKENS):] if w.isalnum()]
 
 
+def format_example(rng: random.Random, words: list[str]) -> tuple[None, str, str]:
+    """A text-only example: words to repeat, answered in the format the suffix asks for."""
+    picked = [rng.choice(words) for _ in range(rng.randint(1, syn.MAX_COUNT))]
+    kind = rng.randrange(3)
+    if kind == 0:
+        return None, REPEAT.format(words=" ".join(picked)) + "\n" + ONE_WORD, picked[0]
+    if kind == 1:
+        return None, REPEAT.format(words=" ".join(picked)) + "\n" + ONE_NUMBER, str(len(picked))
+    options = rng.sample(words, len(syn.OPTION_LETTERS))
+    answer = rng.randrange(len(options))
+    listed = "\n".join(f"{letter}. {word}" for letter, word in zip(syn.OPTION_LETTERS, options))
+    return None, REPEAT.format(words=options[answer]) + "\n" + listed + "\n" + LETTER, syn.OPTION_LETTERS[answer]
+
+
 def base_example(rng: random.Random, words: list[str]) -> tuple[syn.Scene | None, str, str]:
     """One pre-training example: (scene or None, question, answer)."""
+    if rng.random() < FORMAT_FRACTION:
+        return format_example(rng, words)
     if rng.random() < COPY_FRACTION:
         picked = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
         return None, REPEAT.format(words=picked), picked

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from prism.backbones import tiny
 from prism.backbones.intern_vit import imagenet_image_processor
 
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 IMAGE_SIZE = tiny.IMAGE_SIZE  # 48
 PATCH_SIZE = tiny.PATCH_SIZE  # 8
 VISION_LAYERS = 3
