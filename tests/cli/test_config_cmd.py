@@ -235,7 +235,7 @@ BAD_INPUTS = [
     ("target-modules-file", None, ('target_modules = "attn_and_ffn"', 'target_modules = "[q_proj"'),
      ["[method.ft_lora] target_modules"]),
     ("lr-inf", ["--set", "train.lr=inf"], None, ["[train] lr", "finite"]),
-    ("lr-nan-file", None, ("lr = 2e-3", "lr = nan"), ["[train] lr", "finite"]),
+    ("lr-nan-file", None, ("lr = 1e-3", "lr = nan"), ["[train] lr", "finite"]),
     ("method-param-inf", ["--set", "method.ft_lora.alpha=-inf"], None, ["[method.ft_lora] alpha", "finite"]),
     ("int-beyond-int64", ["--set", "project.seed=9223372036854775808"], None, ["[project] seed", "64-bit"]),
     ("int-beyond-int64-file", None, ("max_steps = 300", "max_steps = 99999999999999999999"),

@@ -72,6 +72,7 @@ def test_initialised_project_validates(cwd, capsys, monkeypatch):
 
     registry: Registry = Registry("method")
     registry.add("ft_lora", _LoRA, provider="test")
+    registry.add("ewc", _LoRA, provider="test")  # the template has a [method.ewc] table
     real = prism.plugins.registry  # the backbone and benchmark ids are checked against the real ones
     monkeypatch.setattr(prism.plugins, "registry",
                         lambda kind, project_dir=None: registry if kind == "method" else real(kind, project_dir))

@@ -41,7 +41,7 @@ def test_repo_prism_toml_validates_with_the_demo_values(methods):
     assert resolved.method_params.model_dump() == {"r": 8, "alpha": 16.0, "dropout": 0.05,
                                                    "target_modules": "attn_and_ffn"}
     train = cfg.train
-    assert (train.lr, train.max_steps, train.global_batch_size, train.lr_scheduler) == (2e-3, 300, 16, "cosine")
+    assert (train.lr, train.max_steps, train.global_batch_size, train.lr_scheduler) == (1e-3, 300, 16, "cosine")
     assert (train.warmup_ratio, train.weight_decay, train.max_grad_norm) == (0.03, 0.0, 1.0)
     assert cfg.infer.batch_size == 64
     assert all(source.startswith("prism.toml:") or source == "default" for source in resolved.sources.values())
@@ -85,5 +85,5 @@ def test_method_table_documented():
     tables = _tables(default_toml_text())
     assert any(re.match(r"^id = ", line) for line in tables["method"])
     assert list(MethodConfig.model_fields) == ["id"]
-    assert set(tables) == {"", "project", "backbone", "benchmark", "method", "method.ft_lora", "train",
+    assert set(tables) == {"", "project", "backbone", "benchmark", "method", "method.ft_lora", "method.ewc", "train",
                            "infer", "distributed", "plugins"}

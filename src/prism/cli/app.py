@@ -90,7 +90,7 @@ def report_error(exc: BaseException) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, emoji=False)
     if isinstance(exc, PrismError):
         console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
         if exc.hint:

@@ -35,4 +35,4 @@ def emit_json(obj: Any) -> None:
 def stderr_console():
     from rich.console import Console
 
-    return Console(stderr=True)
+    return Console(stderr=True, emoji=False)
