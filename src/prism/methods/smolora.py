@@ -41,12 +41,15 @@ the first task and freezes them afterwards as the release intends (``train_route
 task_oracle`` (the task's mean training-instruction embedding then routes every sample; the
 run's cl_metrics.json says so and each prediction records ``instruction_source``).
 
-Measured on the embedded benchmark (tasks 0-2, seed 42): a router that learns pulls the later
-tasks' instructions onto the experts the first task trained (a linear router on embeddings that
-share a common direction moves them all together), so tasks share more instruction experts than
-at initialisation and forget more; the release's untrained routers hash tasks apart at random
+Measured on the embedded benchmark with the builder-v1 tiny base (tasks 0-2, seed 42), whose
+tasks each had to teach their answer format: a router that learns pulls the later tasks'
+instructions onto the experts the first task trained (a linear router on embeddings that share a
+common direction moves them all together), so tasks share more instruction experts than at
+initialisation and forget more; the release's untrained routers hash tasks apart at random
 (BWT: -94 with routers learning on the first task, -100 learning on every task, -77 with
-``router_training = "frozen"``; ft_lora -100).
+``router_training = "frozen"``; ft_lora -100). On the v2 base (docs/methods-synthetic.md, ft_lora's
+r 8) the default forgets less than ft_lora with seed 42 (tasks 0-2 BWT -11 against -53) and more
+with seed 7 (-59 against -39).
 
 Routing diagnostics: each prediction records ``metadata.experts`` (per adapted layer, the chosen
 instruction and visual expert) and ``metadata.routing``: per learned task, the share of layers in
