@@ -108,6 +108,23 @@ def test_loading_twice_gives_identical_embeddings(tower):
     assert other.fingerprint == tower.fingerprint
 
 
+def test_the_same_tower_in_another_folder_keeps_its_fingerprint(tower, tmp_path):
+    """The fingerprint names the tower, not where it is installed (it held the folder path through
+    the config's _name_or_path, so a checkpoint's anchors were refused from another checkout)."""
+    import shutil
+
+    from prism.backbones.routing import resolve_tower_folder
+
+    copy = tmp_path / "elsewhere" / "tiny-clip"
+    shutil.copytree(resolve_tower_folder("builtin:tiny-clip"), copy)
+    moved = load_routing_tower(str(copy))
+    assert moved.fingerprint == tower.fingerprint
+    with (copy / "config.json").open("r+", encoding="utf-8") as handle:
+        text = handle.read().replace('"projection_dim"', '"projection_dim_unused": 1, "projection_dim"', 1)
+        handle.seek(0), handle.write(text), handle.truncate()
+    assert load_routing_tower(str(copy)).fingerprint != tower.fingerprint
+
+
 def test_image_placeholder_is_not_part_of_the_instruction(tower):
     question = syn.TASKS[0].question
     assert instruction_text("<image>\n" + question) == " ".join(question.split())

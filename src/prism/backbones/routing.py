@@ -74,7 +74,8 @@ class RoutingTower:
         features so that features from another tower are recognised, never trusted."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            digest.update(json.dumps(self.model.config.to_dict(), sort_keys=True, default=str).encode())
+            config = _without_paths(self.model.config.to_dict())
+            digest.update(json.dumps(config, sort_keys=True, default=str).encode())
             digest.update(json.dumps(_processor_dict(self.image_processor), sort_keys=True, default=str).encode())
             vocab = sorted(self.tokenizer.get_vocab().items(), key=lambda kv: kv[1])
             digest.update("\n".join(tok for tok, _ in vocab).encode("utf-8"))
@@ -145,6 +146,20 @@ def _normalised(features: Any) -> "torch.Tensor":
 
     pooled = getattr(features, "pooler_output", features)  # transformers 5 returns a model output
     return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+
+#: config keys that record where a model was loaded from, not what it is
+PATH_KEYS = frozenset({"_name_or_path", "name_or_path"})
+
+
+def _without_paths(value: Any) -> Any:
+    """``value`` without the loading-path keys (nested configs included): the same tower in another
+    folder (another machine, another install) must keep its fingerprint."""
+    if isinstance(value, dict):
+        return {k: _without_paths(v) for k, v in value.items() if k not in PATH_KEYS}
+    if isinstance(value, list):
+        return [_without_paths(v) for v in value]
+    return value
 
 
 def _processor_dict(image_processor: Any) -> dict[str, Any]:
