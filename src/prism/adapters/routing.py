@@ -17,6 +17,16 @@ from prism.adapters.layers import LoRALinear, module_device
 RouterFactory = Callable[[LoRALinear], nn.Module]
 
 
+def seeded_linear_weight(rows: int, cols: int, generator: torch.Generator | None = None,
+                         device: torch.device | str | None = None,
+                         dtype: torch.dtype | None = None) -> nn.Parameter:
+    """nn.Linear's default weight init (uniform ±1/√cols), drawn on the CPU from ``generator``, so
+    every router (moelora's and clmoe's, SAME's, SMoLoRA's) is seeded the same way on any device."""
+    bound = 1.0 / cols**0.5
+    weight = torch.empty(rows, cols, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
+    return nn.Parameter(weight.to(device=device, dtype=dtype or torch.float32))
+
+
 class TokenRouter(nn.Linear):
     """Softmax gate over slots from a linear map of each token (MoELoRA's router).
 
@@ -39,12 +49,9 @@ class TokenRouter(nn.Linear):
         if top_k is not None and not 1 <= top_k <= num_slots:
             raise ValueError(f"top_k must be in [1, {num_slots}], got {top_k}")
         self.top_k = top_k
-        weight = torch.empty(num_slots, in_features, dtype=torch.float32)
-        # nn.Linear's default init, drawn from ``generator`` so routers are seeded too.
-        bound = 1.0 / in_features**0.5
-        weight.uniform_(-bound, bound, generator=generator)
-        self.weight = nn.Parameter(weight.to(device=device, dtype=dtype or torch.float32))
+        self.weight = seeded_linear_weight(num_slots, in_features, generator, device, dtype)
         if bias:
+            bound = 1.0 / in_features**0.5
             values = torch.empty(num_slots).uniform_(-bound, bound, generator=generator)
             self.bias = nn.Parameter(values.to(device=device, dtype=dtype or torch.float32))
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from prism.adapters.layers import LoRALinear
 from prism.adapters.router_context import RouterContext, masked_mean
+from prism.adapters.routing import seeded_linear_weight
 
 VISUAL, INSTRUCTION_ROUTER, FUSION = "visual", "instruction", "fusion"
 #: the plan's per-sample tensors: the instruction embedding ``[B, d]`` and the pooling mask ``[B, S]``
@@ -51,19 +52,13 @@ def top1_gate(logits: Tensor, mode: str) -> Tensor:
     return one_hot + (probs - probs.detach())  # exactly one-hot forward, softmax gradient
 
 
-def _seeded_weight(rows: int, cols: int, generator: torch.Generator | None, device: Any) -> nn.Parameter:
-    """nn.Linear's default init (uniform ±1/√cols), drawn from ``generator`` on the CPU."""
-    bound = 1.0 / cols**0.5
-    return nn.Parameter(torch.empty(rows, cols).uniform_(-bound, bound, generator=generator).to(device))
-
-
 class VisualRouter(nn.Module):
     """Top-1 over the visual experts from the prompt's mean hidden state; fixed at prefill outside training."""
 
     def __init__(self, in_features: int, experts: int, *, mode: str = "straight_through",
                  generator: torch.Generator | None = None, device: Any = None):
         super().__init__()
-        self.weight = _seeded_weight(experts, in_features, generator, device)
+        self.weight = seeded_linear_weight(experts, in_features, generator, device)
         self.mode = mode
         #: per row of the last prefill outside training: the chosen expert (what predictions record)
         self.chosen: Tensor | None = None
@@ -90,7 +85,7 @@ class InstructionRouter(nn.Module):
     def __init__(self, embedding_dim: int, experts: int, *, mode: str = "straight_through",
                  generator: torch.Generator | None = None, device: Any = None):
         super().__init__()
-        self.weight = _seeded_weight(experts, embedding_dim, generator, device)
+        self.weight = seeded_linear_weight(experts, embedding_dim, generator, device)
         self.mode = mode
 
     def logits(self, embeddings: Tensor) -> Tensor:
@@ -111,8 +106,8 @@ class BranchFusion(nn.Module):
 
     def __init__(self, out_features: int, *, generator: torch.Generator | None = None, device: Any = None):
         super().__init__()
-        self.visual_score = _seeded_weight(1, out_features, generator, device)
-        self.instruction_score = _seeded_weight(1, out_features, generator, device)
+        self.visual_score = seeded_linear_weight(1, out_features, generator, device)
+        self.instruction_score = seeded_linear_weight(1, out_features, generator, device)
 
     def forward(self, visual: Tensor, instruction: Tensor) -> Tensor:
         """``[..., 2]`` (visual, instruction) weights, summing to one per token."""

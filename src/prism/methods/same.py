@@ -40,6 +40,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from prism.adapters.routing import seeded_linear_weight
 from prism.methods.base import LoRAParams, TaskContext
 from prism.methods.experts import ROUTER, ExpertMixture, expert_name  # noqa: F401 (re-exported for tests)
 from prism.methods.forward import ForwardContext, ForwardPlan
@@ -81,9 +82,7 @@ class SAMERouter(nn.Module):
     def __init__(self, in_features: int, experts: int, q: int, *, generator: torch.Generator | None = None,
                  device: Any = None):
         super().__init__()
-        bound = 1.0 / in_features**0.5
-        weight = torch.empty(experts, in_features).uniform_(-bound, bound, generator=generator)
-        self.weight = nn.Parameter(weight.to(device))
+        self.weight = seeded_linear_weight(experts, in_features, generator, device)
         self.q = int(q)
         self.register_buffer("task_sketch", torch.zeros(in_features, q, device=device))  # this task's inputs
         self.register_buffer("task_count", torch.zeros((), device=device))
