@@ -218,7 +218,7 @@ def test_the_instruction_router_picks_its_highest_score_and_routers_learn_unless
 
 @pytest.mark.parametrize("when", ["first_task", "every_task"])
 def test_routers_learn_on_the_first_task_and_are_frozen_afterwards_unless_every_task(when):
-    method = make(train_routers=when)
+    method = make(train_routers=when, router_training="straight_through")
     layer = first(method)
 
     def trainable():
@@ -329,3 +329,13 @@ def test_a_run_records_the_experts_and_routing_of_every_prediction(shared_run):
     adapters = load_file(str(checkpoint / "adapter_model.safetensors"))
     for router in (VISUAL, INSTRUCTION_ROUTER, FUSION):
         assert any(f".routers.{router}." in key for key in adapters), router
+
+
+def test_the_routers_keep_their_seeded_initialisation_by_default():
+    """The release's routers (constant one-hot gates) never learn; prism's default follows it."""
+    method = make()
+    assert method.params.router_training == "frozen"
+    method.begin_task(SimpleNamespace(index=0))
+    layer = first(method)
+    assert not any(layer.routers[name].weight.requires_grad for name in (VISUAL, INSTRUCTION_ROUTER))
+    assert layer.routers[FUSION].visual_score.requires_grad
