@@ -21,6 +21,7 @@ from prism.engine.accelerator import (deepspeed_run, deepspeed_settings, environ
                                       start_trackers)
 from prism.engine.evaluate import evaluate_row, load_or_new_matrix, summarize, write_summary
 from prism.engine.reporter import Reporter
+from prism.engine.run_record import write_run_record
 from prism.engine.seeding import set_seed
 from prism.engine.session import RunPlan, build_method, check_run, load_backbone, plan_run, quiet_libraries
 from prism.engine.step_checkpoint import StepCheckpointer
@@ -133,7 +134,7 @@ def _record_run(run: _Run) -> None:
     if run.main:
         layout.results_dir.mkdir(parents=True, exist_ok=True)
         plan.resolved.save(layout.results_dir)
-        store.write_json_atomic(layout.results_dir / "run.json", {
+        write_run_record(layout.results_dir, {
             "fingerprint": run.fingerprint, "environment": environment_facts(run.accelerator.num_processes),
             "global_batch_size": plan.config.train.global_batch_size, "tasks": [t.name for t in plan.sequence],
             "task_indices": plan.indices, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from prism.engine.evaluate import CL_METRICS_FILE, MATRIX_FILE, add_routing, summarize
 from prism.engine.scoring import score_task
+from prism.engine.run_record import read_run_record
 from prism.engine.session import plan_run
 from prism.errors import DataError, PrismError
 
@@ -76,9 +76,8 @@ def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> d
     curves = plot_task_curves(matrix, results / "task_curves.png",
                               title=run_title("score of each task over the sequence", **run))
     environment = {}
-    run_file = results / "run.json"
-    if run_file.is_file():
-        run = json.loads(run_file.read_text(encoding="utf-8"))
+    run = read_run_record(results)
+    if run:
         environment = dict(run.get("environment", {}))
         environment["global_batch_size"] = run.get("global_batch_size")
         environment["fingerprint"] = run.get("fingerprint")
