@@ -1,9 +1,11 @@
 """`prism train --nproc 2` on CPU: relaunched under torchrun (gloo), one global batch per step,
-rank 0 writes the same layout as a single-process run, and the result matches it."""
+rank 0 writes the same layout as a single-process run, and the result matches it; both ranks
+generate the evaluation, and their merged predictions are one process's on the same checkpoints."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from safetensors.torch import load_file
@@ -53,3 +55,32 @@ def test_two_processes_take_the_same_optimisation_steps(runs):
             if ".fisher." in key:
                 scale = float(state_single[key].abs().max()) or 1.0
                 assert float((state_single[key] - state_ddp[key]).abs().max()) <= 0.05 * scale, key
+
+
+def _predictions(project):
+    folder = project / "outputs" / "predictions" / "synthetic" / "ewc"
+    return {path.relative_to(folder).as_posix(): [json.loads(line) for line in path.read_text().splitlines()]
+            for path in sorted(folder.rglob("*.jsonl"))}
+
+
+def test_both_ranks_generate_every_task_and_merge_into_one_process_answers(runs, tmp_path, synthetic_data):
+    """Each rank generated part of every task's predictions (metadata.rank); one process predicting from
+    the same checkpoints (`prism infer`) gives the same answers, in whatever order the lines were merged."""
+    from tests.conftest import run_cli
+    from tests.engine.conftest import EWC_RUN, new_project
+
+    sharded = _predictions(runs["ddp"][0])
+    assert len(sharded) == 3  # Task0: task 0; Task1: tasks 0 and 1
+    for name, lines in sharded.items():
+        assert len(lines) == 4 and {line["metadata"]["rank"] for line in lines} == {0, 1}, name
+    assert not list((runs["ddp"][0] / "outputs" / "predictions").rglob(".shards"))
+    alone = new_project(tmp_path, synthetic_data)
+    shutil.copytree(runs["ddp"][0] / "outputs" / "checkpoints", alone / "outputs" / "checkpoints")
+    result = run_cli(["infer", *EWC_RUN], cwd=alone, env={"OMP_NUM_THREADS": "1"})
+    assert result.code == 0, str(result)
+    single = _predictions(alone)
+    assert single.keys() == sharded.keys()
+    for name in single:
+        answers = {str(line["question_id"]): (line["text"], line["model_id"]) for line in single[name]}
+        assert {str(line["question_id"]): (line["text"], line["model_id"]) for line in sharded[name]} == answers, name
+        assert {line["metadata"]["rank"] for line in single[name]} == {0}
