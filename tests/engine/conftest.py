@@ -22,9 +22,11 @@ def resolve(project: Path, *sets: str, **flags):
 
 # -- the two-task run the distributed tests compare ----------------------------------------------
 #: EWC on two tasks, 6 steps of global batch 8 each; dropout 0 and a strong penalty, so that a
-#: wrong gradient (or a Fisher that is not averaged over ranks) shows in the adapters
+#: wrong gradient (or a Fisher that is not averaged over ranks) shows in the adapters; 4 test
+#: samples in batches of 2, so that each of two ranks generates a batch of every task
 EWC_RUN = ["--tasks", "0-1", "--method", "ewc", "--set", "train.max_steps=6", "--set", "train.global_batch_size=8",
            "--set", "benchmark.max_train_samples=48", "--set", "benchmark.max_test_samples=4",
+           "--set", "infer.batch_size=2",
            "--set", "method.ewc.dropout=0.0", "--set", "method.ewc.lambda_ewc=1e6",
            "--set", "method.ewc.fisher_batches=4"]
 

@@ -1,9 +1,11 @@
 """`prism train --nproc 2` on CPU: relaunched under torchrun (gloo), one global batch per step,
-rank 0 writes the same layout as a single-process run, and the result matches it."""
+rank 0 writes the same layout as a single-process run, and the result matches it; both ranks
+generate the evaluation, and their merged predictions are one process's on the same checkpoints."""
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from safetensors.torch import load_file
@@ -53,3 +55,71 @@ def test_two_processes_take_the_same_optimisation_steps(runs):
             if ".fisher." in key:
                 scale = float(state_single[key].abs().max()) or 1.0
                 assert float((state_single[key] - state_ddp[key]).abs().max()) <= 0.05 * scale, key
+
+
+def _predictions(project):
+    folder = project / "outputs" / "predictions" / "synthetic" / "ewc"
+    return {path.relative_to(folder).as_posix(): [json.loads(line) for line in path.read_text().splitlines()]
+            for path in sorted(folder.rglob("*.jsonl"))}
+
+
+def test_both_ranks_generate_every_task_and_merge_into_one_process_answers(runs, tmp_path, synthetic_data):
+    """Each rank generated part of every task's predictions (metadata.rank); one process predicting from
+    the same checkpoints (`prism infer`) gives the same answers, in whatever order the lines were merged."""
+    from tests.conftest import run_cli
+    from tests.engine.conftest import EWC_RUN, new_project
+
+    sharded = _predictions(runs["ddp"][0])
+    assert len(sharded) == 3  # Task0: task 0; Task1: tasks 0 and 1
+    for name, lines in sharded.items():
+        assert len(lines) == 4 and {line["metadata"]["rank"] for line in lines} == {0, 1}, name
+    assert not list((runs["ddp"][0] / "outputs" / "predictions").rglob(".shards"))
+    alone = new_project(tmp_path, synthetic_data)
+    shutil.copytree(runs["ddp"][0] / "outputs" / "checkpoints", alone / "outputs" / "checkpoints")
+    result = run_cli(["infer", *EWC_RUN], cwd=alone, env={"OMP_NUM_THREADS": "1"})
+    assert result.code == 0, str(result)
+    single = _predictions(alone)
+    assert single.keys() == sharded.keys()
+    for name in single:
+        answers = {str(line["question_id"]): (line["text"], line["model_id"]) for line in single[name]}
+        assert {str(line["question_id"]): (line["text"], line["model_id"]) for line in sharded[name]} == answers, name
+        assert {line["metadata"]["rank"] for line in single[name]} == {0}
+
+
+def test_two_nodes_on_localhost_train_the_adapters_of_two_processes(runs, tmp_path, synthetic_data):
+    """`--nnodes 2`: one `prism train` per "node" (here both on localhost, one process each) meets at
+    node 0's address; the run is the `--nproc 2` run: same adapters, same predictions."""
+    import os
+    import subprocess
+    import sys
+
+    from prism.engine.launch import free_port
+    from tests.engine.conftest import EWC_RUN, new_project
+
+    project = new_project(tmp_path, synthetic_data)
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "prism", "train", *EWC_RUN, "--nnodes", "2", "--node-rank",
+                               str(rank), "--master-addr", "127.0.0.1", "--master-port", port],
+                              cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, err) in zip(nodes, outputs):
+        assert node.returncode == 0, err
+    assert "on node 0 of 2 (2 in all, rendezvous 127.0.0.1:" in outputs[0][1]
+    assert outputs[0][1].count("ewc on synthetic") == 1 and "ewc on synthetic" not in outputs[1][1]
+    results = project / "outputs" / "results" / "synthetic" / "ewc"
+    records = [json.loads((results / name).read_text()) for name in ("launch.json", "launch.node1.json")]
+    assert [(r["nnodes"], r["node_rank"], r["master_addr"]) for r in records] == [(2, 0, "127.0.0.1"), (2, 1, "127.0.0.1")]
+    assert json.loads((results / "run.json").read_text())["environment"]["world_size"] == 2
+    for task in (0, 1):
+        folder = f"outputs/checkpoints/synthetic/ewc/Task{task}_llava"
+        nodes_adapters = load_file(str(project / folder / "adapter_model.safetensors"))
+        ddp = load_file(str(runs["ddp"][0] / folder / "adapter_model.safetensors"))
+        assert nodes_adapters.keys() == ddp.keys()
+        for key in ddp:
+            assert (nodes_adapters[key] - ddp[key]).abs().max() < 1e-6, key
+    theirs = _predictions(runs["ddp"][0])
+    for name, lines in _predictions(project).items():
+        assert sorted((str(x["question_id"]), x["text"]) for x in lines) == \
+            sorted((str(x["question_id"]), x["text"]) for x in theirs[name]), name

@@ -52,3 +52,59 @@ def test_workers_run_python_m_prism_with_the_arguments_in_the_environment():
                                          env={})
     assert command[-2:] == ["-m", "prism"] and "torch.distributed.run" in command
     assert json.loads(env[launch.ARGV_ENV]) == ["train", "-m", "ewc"]
+
+
+# -- several machines -----------------------------------------------------------------------------
+def _torchrun_options(command):
+    return [part for part in command if part.startswith("--")]
+
+
+def test_nodes_join_one_static_rendezvous_at_node_zeros_address():
+    distributed = DistributedConfig(nproc=4, nnodes=2, node_rank=1, master_addr="node0", master_port=29411)
+    assert launch.should_relaunch(DistributedConfig(nnodes=2, master_addr="h"), env={})  # even with one process
+    command, _ = launch.launch_command(distributed, ["train"], Path("/project"), env={})
+    assert _torchrun_options(command) == ["--nnodes=2", "--node_rank=1", "--master_addr=node0",
+                                          "--master_port=29411", "--nproc_per_node=4"]
+    # the port must agree on every node: never a random free one
+    command, _ = launch.launch_command(DistributedConfig(nnodes=2, master_addr="node0"), ["train"],
+                                       Path("/project"), env={})
+    assert "--master_port=29500" in command
+
+
+def test_slurm_supplies_the_nodes_when_the_config_leaves_one():
+    from prism.engine.rendezvous import first_host, resolve_rendezvous
+
+    slurm = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NUM_NODES": "3", "SLURM_NODEID": "2",
+             "SLURM_JOB_NODELIST": "gpu[07-09],cpu1"}
+    nodes = resolve_rendezvous(DistributedConfig(nproc=8), slurm)
+    assert (nodes.nnodes, nodes.node_rank, nodes.master_addr, nodes.source) == (3, 2, "gpu07", "slurm")
+    assert nodes.master_port == 20000 + 123456 % 20000  # the same on every node of the job
+    explicit = resolve_rendezvous(DistributedConfig(master_port=4000, master_addr="login"), slurm)
+    assert (explicit.master_addr, explicit.master_port) == ("login", 4000)
+    assert not resolve_rendezvous(DistributedConfig(), {"SLURM_JOB_ID": "1", "SLURM_JOB_NUM_NODES": "1"}).multinode
+    assert [first_host(x) for x in ("a,b", "n[3]", "rack1-n[001-002]", "n[1-2]-x[3-4],z")] == \
+        ["a", "n3", "rack1-n001", "n1-x3"]
+
+
+def test_a_node_outside_the_run_or_without_an_address_is_a_config_error():
+    import pytest
+    from pydantic import ValidationError
+
+    from prism.engine.rendezvous import resolve_rendezvous
+    from prism.errors import ConfigError
+
+    with pytest.raises(ValidationError, match="node_rank = 2 is not a node of nnodes = 2"):
+        DistributedConfig(nnodes=2, node_rank=2)
+    with pytest.raises(ConfigError, match="needs master_addr"):
+        resolve_rendezvous(DistributedConfig(nnodes=2), {})
+    with pytest.raises(ConfigError, match="node_rank = 5"):
+        resolve_rendezvous(DistributedConfig(), {"SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "5",
+                                                 "SLURM_JOB_NODELIST": "a,b"})
+
+
+def test_the_cli_flags_set_the_distributed_keys(tmp_path):
+    from tests.conftest import run_cli
+
+    result = run_cli(["train", "--nnodes", "2", "--node-rank", "3", "--master-addr", "x"], cwd=tmp_path)
+    assert result.code == 2 and "node_rank = 3 is not a node of nnodes = 2" in result.stderr
+    assert "Traceback" not in result.stderr

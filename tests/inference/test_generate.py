@@ -56,3 +56,45 @@ def test_predictions_are_batched_by_length_and_returned_in_record_order(syntheti
     assert [p["text"] for p in batched] == [p["text"] for p in single]
     written = [json.loads(line) for line in (tmp_path / "batched.jsonl").read_text().splitlines()]
     assert {str(p["question_id"]) for p in written if "question_id" in p} == {str(r["question_id"]) for r in records}
+
+
+def test_ranks_deal_out_the_batches_and_their_merged_shards_equal_one_process(synthetic_data, tmp_path):
+    """Two ranks (run one after the other here) generate alternate length-sorted batches into their own
+    shard files; merged, they are the single process's predictions, each line naming its rank."""
+    from types import SimpleNamespace
+
+    from prism.backbones.llava import LlavaBackbone
+    from prism.benchmarks.data import load_test_records
+    from prism.benchmarks.synthetic import TASKS
+    from prism.inference import predictions as pred_files
+    from prism.inference.generate import predict_task
+
+    backbone = LlavaBackbone().load(SimpleNamespace(model="builtin:tiny-llava", attn="auto"))
+    spec = TASKS[1].spec
+    records = load_test_records(synthetic_data, spec, max_samples=7)
+    seen: dict[int, list] = {0: [], 1: []}
+    rank_now = [0]
+    method = SimpleNamespace(before_forward=lambda batch, training: seen[rank_now[0]].append(
+        [r["question_id"] for r in batch.records]))
+
+    def run(path, rank=0, world_size=1):
+        rank_now[0] = rank
+        return predict_task(backbone=backbone, method=method, spec=spec, root=synthetic_data, records=records,
+                            out_path=path, model_id="m", batch_size=2, max_new_tokens=4,
+                            rank=rank, world_size=world_size)
+
+    single = run(tmp_path / "single" / "t.jsonl")
+    one_rank = list(seen[0])
+    seen[0].clear()
+    sharded = tmp_path / "sharded" / "t.jsonl"
+    mine = {rank: run(sharded, rank, 2) for rank in (0, 1)}
+    assert seen[0] == one_rank[0::2] and seen[1] == one_rank[1::2]
+    assert not sharded.exists()  # ranks write shards only; rank 0 merges
+    assert {p["metadata"]["rank"] for p in mine[1]} == {1}
+    assert pred_files.merge_shards(sharded, "m") == len(records)
+    assert not (sharded.parent / pred_files.SHARDS).exists()
+    merged = {str(p["question_id"]): p for p in pred_files.read_done(sharded, "m")}
+    assert sorted(merged) == sorted(str(p["question_id"]) for p in single)
+    assert all(merged[str(p["question_id"])]["text"] == p["text"] for p in single)
+    assert {p["metadata"]["rank"] for p in merged.values()} == {0, 1}
+    assert {p["metadata"]["rank"] for p in single} == {0}

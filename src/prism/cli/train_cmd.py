@@ -19,6 +19,16 @@ NprocOpt = Annotated[Optional[int], option(
 GpusOpt = Annotated[Optional[str], option(
     "--gpus", help="GPU ids to train on, e.g. 0,1,2,3 ([distributed] gpus; one process each).",
     show_default=False)]
+NnodesOpt = Annotated[Optional[int], option(
+    "--nnodes", min=1, help="Machines taking part ([distributed] nnodes); run the same command on each, "
+    "with its own --node-rank and node 0's --master-addr.", show_default=False)]
+NodeRankOpt = Annotated[Optional[int], option(
+    "--node-rank", min=0, help="This machine's index, 0 .. nnodes-1 ([distributed] node_rank).", show_default=False)]
+MasterAddrOpt = Annotated[Optional[str], option(
+    "--master-addr", help="Node 0's host name or IP ([distributed] master_addr).", show_default=False)]
+MasterPortOpt = Annotated[Optional[int], option(
+    "--master-port", min=1, max=65535, help="Rendezvous port, the same on every node ([distributed] master_port).",
+    show_default=False)]
 
 
 def train(
@@ -26,12 +36,15 @@ def train(
     benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None, seed: SeedOpt = None,
     train_precision: TrainPrecisionOpt = None, config: ConfigOpt = None, set_: SetOpt = None,
     restart: RestartOpt = False, json_: JsonOpt = False, nproc: NprocOpt = None, gpus: GpusOpt = None,
+    nnodes: NnodesOpt = None, node_rank: NodeRankOpt = None, master_addr: MasterAddrOpt = None,
+    master_port: MasterPortOpt = None,
 ) -> None:
     """Train task by task; after each task evaluate every task seen so far (the accuracy matrix).
 
     Examples:
       prism train --method ewc --tasks 0-2
       prism train --nproc 2 --restart --set train.epochs=2
+      prism train --nproc 8 --nnodes 2 --node-rank 0 --master-addr node0   (and --node-rank 1 on node1)
     """
     from prism.cli.common import INVOCATION
     from prism.cli.progress import RichReporter
@@ -43,7 +56,8 @@ def train(
     flags = run_flags(tasks=tasks, method=method, backbone=backbone, model=model, benchmark=benchmark,
                       output_dir=output_dir, seed=seed)
     flags.update({"backbone.train_precision": choice_value(train_precision), "distributed.nproc": nproc,
-                  "distributed.gpus": gpus})
+                  "distributed.gpus": gpus, "distributed.nnodes": nnodes, "distributed.node_rank": node_rank,
+                  "distributed.master_addr": master_addr, "distributed.master_port": master_port})
     # every problem `prism config validate` reports, at once, before anything loads
     resolved = load_config(config, sets=set_ or [], flags=flags, check_run=True)
     console = stderr_console()

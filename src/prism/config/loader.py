@@ -58,7 +58,8 @@ RESOLVED_FILE_NAME = "config.resolved.toml"
 HASH_EXCLUDED = ("benchmark.tasks", "infer.batch_size", "infer.precision", "train.log_every",
                  "train.save_every_steps", "train.report_to", "project.name", "project.output_dir",
                  "benchmark.root", "benchmark.max_test_samples", "train.eval_after_each_task",
-                 "distributed.nproc", "distributed.gpus", "distributed.master_port", "train.num_workers",
+                 "distributed.nproc", "distributed.gpus", "distributed.master_port", "distributed.nnodes",
+                 "distributed.node_rank", "distributed.master_addr", "train.num_workers",
                  "benchmark.verify_images")
 
 

@@ -315,11 +315,26 @@ class DistributedConfig(_Table):
         None, min_length=1,
         description="a DeepSpeed JSON file, or a preset: zero2, zero3, zero3_offload (None: from zero_stage/offload)",
     )
-    master_port: int | None = Field(None, ge=1, le=65535, description="rendezvous port (None: a free one)")
+    master_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="rendezvous port (None: a free one on one node; with several nodes 29500, or from the SLURM job id)")
+    nnodes: int = Field(1, ge=1, description="machines taking part (torchrun --nnodes), each running nproc processes; "
+                                             "1: one machine, or SLURM's node count under SLURM")
+    node_rank: int = Field(0, ge=0, description="this machine's index, 0 .. nnodes-1 (node 0 hosts rank 0)")
+    master_addr: str | None = Field(None, min_length=1,
+                                    description="node 0's host name or IP, the same on every node (nnodes > 1)")
 
     @property
     def processes(self) -> int:
+        """Processes on this machine."""
         return len(self.gpus.split(",")) if self.gpus else self.nproc
+
+    @model_validator(mode="after")
+    def _node_rank_is_a_node(self) -> "DistributedConfig":
+        if self.nnodes > 1 and self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank = {self.node_rank} is not a node of nnodes = {self.nnodes} "
+                             f"(node ranks run from 0 to {self.nnodes - 1})")
+        return self
 
 
 class PrismConfig(_Table):

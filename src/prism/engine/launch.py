@@ -9,6 +9,10 @@ DeepSpeed alike (DeepSpeed even for one process: it needs the rendezvous
 environment torchrun sets); accelerate then picks up the environment it sets.
 The exact command and environment are written next to the run's results.
 
+Several machines: ``--nnodes``/``--node-rank``/``--master-addr`` (or SLURM's variables) make the
+same command join torchrun's rendezvous across nodes (engine/rendezvous.py); each node records
+its own launch file (``launch.json`` on node 0, ``launch.node<R>.json`` on the others).
+
 Each worker runs ``python -m prism`` (prism/__main__.py), which reads the original
 arguments from PRISM_WORKER_ARGV: the engine never imports the command line.
 """
@@ -26,19 +30,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from prism.engine.rendezvous import resolve_rendezvous
 from prism.errors import ConfigError
 
 LAUNCH_FILE = "launch.json"
 ARGV_ENV = "PRISM_WORKER_ARGV"
 #: environment variables worth recording with a run (the rest of the environment is not)
 RECORDED_ENV = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "TORCH_EXTENSIONS_DIR", "MASTER_PORT",
-                "NCCL_DEBUG", "PRISM_LOAD_PLUGINS", "PRISM_DISABLED_PLUGINS")
+                "NCCL_DEBUG", "PRISM_LOAD_PLUGINS", "PRISM_DISABLED_PLUGINS", "SLURM_JOB_ID",
+                "SLURM_JOB_NUM_NODES", "SLURM_NODEID", "SLURM_JOB_NODELIST")
 
 
 def should_relaunch(distributed: Any, env: Mapping[str, str] | None = None) -> bool:
-    """More than one process (or DeepSpeed) wanted, and no launcher has started us yet."""
+    """More than one process or node (or DeepSpeed) wanted, and no launcher has started us yet."""
     env = os.environ if env is None else env
-    wanted = distributed.processes > 1 or distributed.backend == "deepspeed"
+    wanted = (distributed.processes > 1 or distributed.backend == "deepspeed"
+              or resolve_rendezvous(distributed, env).multinode)
     return wanted and "LOCAL_RANK" not in env
 
 
@@ -56,7 +63,10 @@ def relaunch_if_wanted(resolved: Any, argv: list[str], announce: Callable[[str],
 
     check_before_launch(resolved)
     count = distributed.processes
-    announce(f"prism train: relaunching on {count} process{'es' if count > 1 else ''} "
+    nodes = resolve_rendezvous(distributed, os.environ)
+    where = (f" on node {nodes.node_rank} of {nodes.nnodes} ({count * nodes.nnodes} in all, rendezvous "
+             f"{nodes.master_addr}:{nodes.master_port})" if nodes.multinode else "")
+    announce(f"prism train: relaunching on {count} process{'es' if count > 1 else ''}{where} "
              f"({distributed.backend}) under torchrun")
     return relaunch(distributed, argv, resolved.project_dir, record_dir(resolved), sources=resolved.sources)
 
@@ -82,13 +92,13 @@ def launch_command(distributed: Any, argv: list[str], project_dir: Path,
         env.setdefault("TORCH_EXTENSIONS_DIR", str(project_dir / ".prism" / "torch_extensions"))
     if distributed.gpus:
         env["CUDA_VISIBLE_DEVICES"] = distributed.gpus
-    port = distributed.master_port or free_port()
+    nodes = resolve_rendezvous(distributed, env)
     # the arguments travel in the environment: torchrun's own parser would take prism's
     # options (-m, --nproc, ...) for its own
     env[ARGV_ENV] = json.dumps(list(argv))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
-               f"--nproc_per_node={distributed.processes}", f"--master_port={port}",
-               "-m", "prism"]
+    port = nodes.master_port or (None if nodes.multinode else free_port())
+    command = [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(port),
+               f"--nproc_per_node={distributed.processes}", "-m", "prism"]
     return command, env
 
 
@@ -118,10 +128,12 @@ def relaunch(distributed: Any, argv: list[str], project_dir: Path, record_dir: P
     from prism.checkpoint.store import write_json_atomic
 
     command, env = launch_command(distributed, argv, project_dir, sources=sources)
-    write_json_atomic(record_dir / LAUNCH_FILE, {
+    nodes = resolve_rendezvous(distributed, env)
+    name = LAUNCH_FILE if nodes.node_rank == 0 else f"launch.node{nodes.node_rank}.json"
+    write_json_atomic(record_dir / name, {
         "command": command, "arguments": list(argv),
         "environment": {k: env[k] for k in RECORDED_ENV if k in env},
-        "processes": distributed.processes, "backend": distributed.backend,
+        "processes": distributed.processes, "backend": distributed.backend, **nodes.describe(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     proc = subprocess.Popen(command, env=env)

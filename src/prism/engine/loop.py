@@ -19,7 +19,7 @@ from prism.checkpoint import store
 from prism.checkpoint.layout import RunLayout
 from prism.engine.accelerator import (deepspeed_run, deepspeed_settings, environment_facts, make_accelerator,
                                       start_trackers)
-from prism.engine.evaluate import evaluate_row, load_or_new_matrix, summarize, write_summary
+from prism.engine.evaluate import EvalRanks, evaluate_row, load_or_new_matrix, summarize, write_summary
 from prism.engine.reporter import Reporter
 from prism.engine.run_record import write_run_record
 from prism.engine.seeding import set_seed
@@ -60,8 +60,12 @@ class _Run:
 
     @property
     def evaluates(self) -> bool:
-        """Rows are evaluated on rank 0 while the other ranks wait (greedy decoding of test sets)."""
-        return self.main and self.plan.config.train.eval_after_each_task
+        """Rows are evaluated after each task, by every rank (each generates its share)."""
+        return bool(self.plan.config.train.eval_after_each_task)
+
+    def evaluate(self, position: int) -> None:
+        evaluate_row(self.plan, self.backbone, self.method, self.root, position, self.matrix, self.reporter,
+                     EvalRanks.of(self.accelerator))
 
 
 def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = None) -> TrainOutcome:
@@ -88,7 +92,8 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
         step_offset += steps
         outcome.trained.append(plan.sequence[position].name)
         if run.evaluates:
-            evaluate_row(plan, run.backbone, run.method, run.root, position, run.matrix, run.reporter)
+            run.accelerator.wait_for_everyone()  # rank 0 has saved the checkpoint the predictions name
+            run.evaluate(position)
         run.accelerator.wait_for_everyone()
     return _close(run, outcome)
 
@@ -150,8 +155,9 @@ def _continue_after(run: _Run, prefix: int, outcome: TrainOutcome) -> None:
         name = plan.sequence[position].name
         outcome.skipped.append(name)
         run.reporter.task_skipped(name, f"checkpoint {plan.layout.checkpoint_name(plan.indices[position])} is complete")
+    # every rank read the same saved matrix (_record_run), so they agree on whether the row is done
     if run.evaluates and not run.matrix.row_complete(prefix - 1):
-        evaluate_row(plan, run.backbone, run.method, run.root, prefix - 1, run.matrix, run.reporter)
+        run.evaluate(prefix - 1)
     run.accelerator.wait_for_everyone()
 
 

@@ -3,6 +3,12 @@
 Prompts are encoded by DataLoader workers (``num_workers``) as batches are needed,
 and batched by prompt length (longest first), so a batch pads little; the
 predictions come back in the records' order.
+
+Under several processes (``rank`` of ``world_size``) the batches are dealt out in
+turn, rank r taking batches r, r + N, ...: every rank generates the same batches a
+single process would (so the same answers) and, longest first, about the same amount
+of work. A rank writes its lines to its own shard file (``predictions.shard_path``);
+rank 0 merges them (``predictions.merge_shards``).
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
                  out_path: Path, model_id: str, batch_size: int, max_new_tokens: int,
                  num_beams: int = 1, temperature: float = 0.0,
                  on_batch: Callable[[int, int], None] | None = None, num_workers: int | None = 0,
-                 verify_images: str = "size", task_oracle: bool = False) -> list[dict[str, Any]]:
-    """Generate answers for ``records`` not yet in ``out_path``; return every prediction.
+                 verify_images: str = "size", task_oracle: bool = False,
+                 rank: int = 0, world_size: int = 1) -> list[dict[str, Any]]:
+    """Generate answers for ``records`` not yet in ``out_path``; return every prediction
+    (with ``world_size`` > 1: those already in ``out_path`` and this rank's share).
 
     ``num_workers`` None: the default for this machine (``[train] num_workers`` unset).
     ``task_oracle``: the method is told the samples' task (``ForwardContext.oracle_task``).
@@ -47,7 +55,10 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
     from prism.engine.forward_plan import model_inputs, plan_forward
     from prism.methods.forward import ForwardContext
 
-    done = pred_files.read_done(out_path, model_id)
+    sharded = world_size > 1
+    # with several ranks the prediction file belongs to rank 0, which cleaned it before the ranks began
+    done = pred_files.read_done(out_path, model_id, clean=not sharded)
+    write_to = pred_files.shard_path(out_path, rank) if sharded else out_path
     done_ids = {str(r["question_id"]) for r in done}
     todo = [r for r in records if str(r["question_id"]) not in done_ids]
     model = backbone.model
@@ -62,13 +73,15 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
         generation.update(do_sample=True, temperature=temperature)
     else:
         generation.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    finished = len(done)
+    finished = already = len(done)
     context = ForwardContext("eval", num_beams=num_beams, oracle_task=spec.name if task_oracle else None)
     if todo:
         prompts = TaskDataset(todo, backbone=backbone, root=root, specs=spec, prompts=True,
                               verify_images=verify_images)
         cuda = torch.device(device).type == "cuda"
-        batches = load_batches(prompts, length_sorted_batches(prompts.lengths, batch_size),
+        share = length_sorted_batches(prompts.lengths, batch_size)[rank::world_size]
+        mine = sum(len(indices) for indices in share)
+        batches = load_batches(prompts, share,
                                num_workers=resolve_num_workers(num_workers, cuda=cuda), pin_memory=cuda)
         try:
             for _, batch in batches:
@@ -82,13 +95,14 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
                 routing = plan.routing_rows() if plan is not None else None
                 details = plan.sample_details(len(batch)) if plan is not None else None
                 lines = [_prediction(record, text, spec, model_id, None if routing is None else routing[i],
-                                     None if details is None else details[i])
+                                     None if details is None else details[i], rank=rank)
                          for i, (record, text) in enumerate(zip(batch.records, texts))]
-                pred_files.append(out_path, lines)
+                pred_files.append(write_to, lines)
                 done.extend(lines)
                 finished += len(lines)
-                if on_batch is not None:
-                    on_batch(finished, len(records))
+                if on_batch is not None:  # the other ranks go at about this rank's pace
+                    on_batch(min(len(records), already + round((finished - already) * len(todo) / mine)),
+                             len(records))
         finally:
             batches.close()
     order = {str(r["question_id"]): i for i, r in enumerate(records)}
@@ -102,10 +116,12 @@ def length_sorted_batches(lengths: Any, batch_size: int) -> list[list[int]]:
 
 
 def _prediction(record: dict, text: str, spec: TaskSpec, model_id: str,
-                routing: dict[str, float] | None = None, details: dict[str, Any] | None = None) -> dict[str, Any]:
+                routing: dict[str, float] | None = None, details: dict[str, Any] | None = None,
+                rank: int = 0) -> dict[str, Any]:
     """One prediction line; ``routing`` (task slot -> weight) for methods that route per sample, ``details``
-    (the plan's ``describe_samples``) for what else a method records about the sample's forward."""
-    metadata: dict[str, Any] = {"task": spec.name, "image": record.get("image")}
+    (the plan's ``describe_samples``) for what else a method records about the sample's forward;
+    ``rank``: the process that generated it."""
+    metadata: dict[str, Any] = {"task": spec.name, "image": record.get("image"), "rank": rank}
     if routing is not None:
         metadata["routing"] = routing
     if details:
