@@ -53,3 +53,16 @@ def test_two_processes_take_the_same_optimisation_steps(runs):
             if ".fisher." in key:
                 scale = float(state_single[key].abs().max()) or 1.0
                 assert float((state_single[key] - state_ddp[key]).abs().max()) <= 0.05 * scale, key
+
+
+def test_two_processes_count_the_same_samples_and_tokens(runs):
+    """Cost accounting sums over the ranks: the same global batches give the same counts."""
+    def costs(name):
+        return json.loads((runs[name][0] / "outputs" / "results" / "synthetic" / "ewc" / "run.json").read_text())["costs"]
+
+    single, ddp = costs("single"), costs("ddp")
+    assert single["devices"] == 1 and ddp["devices"] == 2
+    for name, task in single["tasks"].items():
+        assert ddp["tasks"][name]["train"]["samples"] == task["train"]["samples"] == 6 * 8
+        assert ddp["tasks"][name]["train"]["tokens"] == task["train"]["tokens"] > 0
+        assert ddp["tasks"][name]["peak_memory_bytes"] > 0

@@ -127,7 +127,7 @@ class CostTracker:
         if self.devices > 1:
             import torch
 
-            value = torch.tensor([float(peak)], device=self.accelerator.device)
+            value = torch.tensor([peak], dtype=torch.int64, device=self.accelerator.device)
             peak = int(self.accelerator.reduce(value, reduction="max").item())
         return peak
 

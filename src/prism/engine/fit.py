@@ -242,7 +242,7 @@ class TaskFitter(FitHandle):
     def _sum_over_ranks(self, count: int) -> int:
         if self.accelerator.num_processes == 1:
             return count
-        total = self.accelerator.reduce(torch.tensor([float(count)], device=self.device), reduction="sum")
+        total = self.accelerator.reduce(torch.tensor([count], dtype=torch.int64, device=self.device), reduction="sum")
         return int(total.item())
 
     def _any_rank(self, flag: bool) -> bool:
