@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from prism.engine.costs import count_generated, totals_of
@@ -41,6 +43,13 @@ def test_two_tasks_record_their_costs_and_a_rerun_keeps_them(project):
     again = train(resolved)
     assert again.skipped == names
     assert read_run_record(results)["costs"]["tasks"] == costs["tasks"]
+    # the last task's checkpoint lost: the rerun retrains it and keeps the first task's costs
+    shutil.rmtree(outcome.layout.checkpoint(1))
+    partial = train(resolved)
+    assert partial.skipped == names[:1] and partial.trained == names[1:]
+    kept = read_run_record(results)["costs"]["tasks"]
+    assert kept[names[0]] == costs["tasks"][names[0]] and kept[names[1]] != costs["tasks"][names[1]]
+    assert kept[names[1]]["train"]["steps"] == 2 and kept[names[1]]["eval"]["generations"] == 12
     # --restart retrains everything: the old costs go, new ones come
     train(resolved, restart=True)
     fresh = read_run_record(results)["costs"]["tasks"]

@@ -41,7 +41,7 @@ def totals_of(tasks: dict[str, dict[str, Any]], devices: int) -> dict[str, Any]:
         "eval_samples_per_s": _rate(total("eval", "generations"), eval_s),
         "eval_tokens_per_s": _rate(total("eval", "generated_tokens"), eval_s),
         "seconds": round(train_s + eval_s, 3),
-        "device_hours": round(devices * (train_s + eval_s) / 3600, 6),
+        "device_hours": devices * (train_s + eval_s) / 3600,
         "peak_memory_bytes": max(peaks) if peaks else None,
     }
 
@@ -80,10 +80,15 @@ class CostTracker:
         seconds = time.perf_counter() - self._started
         samples = int(getattr(result, "samples", 0) or 0)
         tokens = int(getattr(result, "tokens", 0) or 0)
+        # resumed mid-task: the time and tokens are this attempt's, so the rate is over its samples only
+        resumed = int(getattr(result, "resumed_samples", 0) or 0)
         entry = self.tasks.setdefault(name, {})
-        entry["train"] = {"seconds": round(seconds, 3), "samples": samples, "samples_per_s": _rate(samples, seconds),
+        entry["train"] = {"seconds": round(seconds, 3), "samples": samples,
+                          "samples_per_s": _rate(samples - resumed, seconds),
                           "tokens": tokens, "tokens_per_s": _rate(tokens, seconds),
                           "steps": int(getattr(result, "steps", 0) or 0)}
+        if resumed:
+            entry["train"]["resumed_samples"] = resumed
         self._record_peak(entry, self._peak())
 
     # -- evaluation --------------------------------------------------------------------------

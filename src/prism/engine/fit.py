@@ -37,6 +37,8 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     #: non-padding tokens processed by this fit() call, summed over ranks (cost accounting)
     tokens: int = 0
+    #: samples a step checkpoint had already taken before this call (0 unless resumed mid-task)
+    resumed_samples: int = 0
 
     @property
     def final_loss(self) -> float | None:
@@ -151,7 +153,7 @@ class TaskFitter(FitHandle):
         loader = MicroBatchLoader(stream, num_workers=resolve_num_workers(getattr(cfg, "num_workers", None), world,
                                                                           cuda=cuda), pin_memory=cuda, seed=self.seed)
         started = time.perf_counter()
-        local_tokens = 0
+        local_tokens, result.resumed_samples = 0, result.samples
         metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
                              step_offset=self.step_offset, samples_before=result.samples, every=cfg.log_every)
         try:

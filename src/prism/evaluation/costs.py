@@ -29,8 +29,8 @@ def compare_columns(costs: Mapping[str, Any] | None) -> dict[str, Any]:
     """A method's cost columns for ``prism eval compare`` (None where the run recorded no costs)."""
     totals = (costs or {}).get("totals", {})
     return {
-        "train_hours": None if not totals else round(totals.get("train_seconds", 0) / 3600, 6),
-        "eval_hours": None if not totals else round(totals.get("eval_seconds", 0) / 3600, 6),
+        "train_hours": None if not totals else totals.get("train_seconds", 0) / 3600,
+        "eval_hours": None if not totals else totals.get("eval_seconds", 0) / 3600,
         "device_hours": totals.get("device_hours"),
         "device_type": (costs or {}).get("device_type"),
         "devices": (costs or {}).get("devices"),
