@@ -123,3 +123,16 @@ def test_two_nodes_on_localhost_train_the_adapters_of_two_processes(runs, tmp_pa
     for name, lines in _predictions(project).items():
         assert sorted((str(x["question_id"]), x["text"]) for x in lines) == \
             sorted((str(x["question_id"]), x["text"]) for x in theirs[name]), name
+
+
+def test_two_processes_count_the_same_samples_and_tokens(runs):
+    """Cost accounting sums over the ranks: the same global batches give the same counts."""
+    def costs(name):
+        return json.loads((runs[name][0] / "outputs" / "results" / "synthetic" / "ewc" / "run.json").read_text())["costs"]
+
+    single, ddp = costs("single"), costs("ddp")
+    assert single["devices"] == 1 and ddp["devices"] == 2
+    for name, task in single["tasks"].items():
+        assert ddp["tasks"][name]["train"]["samples"] == task["train"]["samples"] == 6 * 8
+        assert ddp["tasks"][name]["train"]["tokens"] == task["train"]["tokens"] > 0
+        assert ddp["tasks"][name]["peak_memory_bytes"] > 0

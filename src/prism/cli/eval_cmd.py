@@ -52,28 +52,27 @@ def compare(
     methods: MethodsArg, tasks: TasksOpt = None, benchmark: BenchmarkOpt = None, output_dir: OutputOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, json_: JsonOpt = False,
 ) -> None:
-    """Several runs (one per method) side by side: Last/MFN, MFT, MAA, BWT, Forgetting.
+    """Several runs (one per method) side by side: Last/MFN, MFT, MAA, BWT, Forgetting, and what each cost.
 
     Examples:
       prism eval compare ft_lora ewc
       prism eval compare ft_lora replay_lora --benchmark ucit --json
     """
     from prism.config import load_config
-    from prism.engine.rescore import rescore
+    from prism.engine.rescore import compared_run
     from prism.evaluation.matrix import render_comparison
 
     runs = {}
     for method_id in methods:
         flags = run_flags(tasks=tasks, method=method_id, benchmark=benchmark, output_dir=output_dir)
         resolved = load_config(config, sets=set_ or [], flags=flags)
-        _, matrix, summary = rescore(resolved)
-        runs[method_id] = {"matrix": matrix, "summary": summary}
+        runs[method_id] = compared_run(resolved)
     if json_:
         emit_json({m: {"tasks": list(r["matrix"].task_names), "matrix": r["matrix"].to_list(),
-                       "cl_metrics": r["summary"]} for m, r in runs.items()})
+                       "cl_metrics": r["summary"], "costs": r["costs"]} for m, r in runs.items()})
         return
     stderr_console().print(render_comparison({m: r["summary"] for m, r in runs.items()},
-                                             title="methods compared"))
+                                             title="methods compared", costs={m: r["costs"] for m, r in runs.items()}))
 
 
 def score(

@@ -35,6 +35,10 @@ class FitResult:
     samples: int
     seconds: float
     losses: list[float] = field(default_factory=list)
+    #: non-padding tokens processed by this fit() call, summed over ranks (cost accounting)
+    tokens: int = 0
+    #: samples a step checkpoint had already taken before this call (0 unless resumed mid-task)
+    resumed_samples: int = 0
 
     @property
     def final_loss(self) -> float | None:
@@ -149,6 +153,7 @@ class TaskFitter(FitHandle):
         loader = MicroBatchLoader(stream, num_workers=resolve_num_workers(getattr(cfg, "num_workers", None), world,
                                                                           cuda=cuda), pin_memory=cuda, seed=self.seed)
         started = time.perf_counter()
+        local_tokens, result.resumed_samples = 0, result.samples
         metrics = MetricsLog(self.log_path, self.accelerator, task.name, steps,
                              step_offset=self.step_offset, samples_before=result.samples, every=cfg.log_every)
         try:
@@ -169,6 +174,7 @@ class TaskFitter(FitHandle):
                                                   last=position == len(micro_batches) - 1)
                         step_loss += float(loss.detach())
                         result.samples += len(batch.records) * world
+                        local_tokens += int(batch.attention_mask.sum())
                     backend.end_micro_steps()
                     if self.method.edits_gradients:
                         self.method.on_gradients(task, named)
@@ -191,6 +197,7 @@ class TaskFitter(FitHandle):
             loader.close()
             metrics.close()
         result.seconds = time.perf_counter() - started
+        result.tokens = self._sum_over_ranks(local_tokens)
         self._served = (micro, world, accumulation, result.steps * accumulation * world)
         model.eval()
         backend.after_fit(self.model)
@@ -233,6 +240,12 @@ class TaskFitter(FitHandle):
         if total == 0:
             return [1.0 / len(micro_batches)] * len(micro_batches)
         return [n * world / total for n in counts]
+
+    def _sum_over_ranks(self, count: int) -> int:
+        if self.accelerator.num_processes == 1:
+            return count
+        total = self.accelerator.reduce(torch.tensor([count], dtype=torch.int64, device=self.device), reduction="sum")
+        return int(total.item())
 
     def _any_rank(self, flag: bool) -> bool:
         """True on every rank when it is true on one (all ranks must stop at the same step)."""

@@ -19,6 +19,7 @@ from prism.checkpoint import store
 from prism.checkpoint.layout import RunLayout
 from prism.engine.accelerator import (deepspeed_run, deepspeed_settings, environment_facts, make_accelerator,
                                       start_trackers)
+from prism.engine.costs import CostTracker
 from prism.engine.evaluate import EvalRanks, evaluate_row, load_or_new_matrix, summarize, write_summary
 from prism.engine.reporter import Reporter
 from prism.engine.run_record import write_run_record
@@ -53,6 +54,7 @@ class _Run:
     backbone: Any = None
     root: Path | None = None
     matrix: Any = None
+    costs: Any = None  # prism.engine.costs.CostTracker
 
     @property
     def main(self) -> bool:
@@ -62,10 +64,6 @@ class _Run:
     def evaluates(self) -> bool:
         """Rows are evaluated after each task, by every rank (each generates its share)."""
         return bool(self.plan.config.train.eval_after_each_task)
-
-    def evaluate(self, position: int) -> None:
-        evaluate_row(self.plan, self.backbone, self.method, self.root, position, self.matrix, self.reporter,
-                     EvalRanks.of(self.accelerator))
 
 
 def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = None) -> TrainOutcome:
@@ -82,7 +80,10 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
     plan = run.plan
     prefix = 0 if restart else finished_prefix(plan, run.fingerprint, joint=bool(run.method.joint))
     _attach_backbone(run)
+    run.costs = CostTracker(plan.layout.results_dir, run.accelerator, main=run.main)
+    run.costs.load_previous()  # a resumed run keeps the costs of the tasks it skips
     _record_run(run)
+    run.costs.keep([t.name for t in plan.sequence[:prefix]])
     outcome = TrainOutcome(layout=plan.layout, matrix=run.matrix, summary={})
     if prefix:
         _continue_after(run, prefix, outcome)
@@ -93,7 +94,7 @@ def train(resolved: Any, *, restart: bool = False, reporter: Reporter | None = N
         outcome.trained.append(plan.sequence[position].name)
         if run.evaluates:
             run.accelerator.wait_for_everyone()  # rank 0 has saved the checkpoint the predictions name
-            run.evaluate(position)
+            _evaluate_row(run, position)
         run.accelerator.wait_for_everyone()
     return _close(run, outcome)
 
@@ -157,8 +158,21 @@ def _continue_after(run: _Run, prefix: int, outcome: TrainOutcome) -> None:
         run.reporter.task_skipped(name, f"checkpoint {plan.layout.checkpoint_name(plan.indices[position])} is complete")
     # every rank read the same saved matrix (_record_run), so they agree on whether the row is done
     if run.evaluates and not run.matrix.row_complete(prefix - 1):
-        run.evaluate(prefix - 1)
+        _evaluate_row(run, prefix - 1)
     run.accelerator.wait_for_everyone()
+
+
+def _evaluate_row(run: _Run, position: int) -> None:
+    """evaluate_row on every rank (each generates its share), timed; rank 0 counts the row's generated
+    tokens from the merged prediction files."""
+    plan = run.plan
+    run.costs.eval_started()
+    evaluate_row(plan, run.backbone, run.method, run.root, position, run.matrix, run.reporter,
+                 EvalRanks.of(run.accelerator))
+    if not run.main:
+        return
+    files = [plan.layout.prediction_file(plan.indices[position], s.name) for s in plan.sequence[: position + 1]]
+    run.costs.eval_finished(plan.sequence[position].name, files, run.backbone.tokenizer)
 
 
 def _positions_to_train(run: _Run, prefix: int) -> range | list[int]:
@@ -177,12 +191,13 @@ def _learn_task(run: _Run, position: int, step_offset: int) -> int:
     task = TaskContext(index=position, spec=spec, sequence=plan.sequence, benchmark=cfg.benchmark.id)
     # each task draws from its own seed: a resumed run trains task k exactly like an uninterrupted one
     set_seed(cfg.project.seed + 1000 * position)
+    run.costs.train_started()
     method.begin_task(task)
     checkpointer = StepCheckpointer(
         folder=plan.layout.step_checkpoint(plan.indices[position]), every=cfg.train.save_every_steps,
         info={"fingerprint": run.fingerprint, "tasks_seen": [t.name for t in plan.sequence[: position + 1]]},
         writer=run.main)
-    fitter, steps = None, 0
+    fitter, steps, result = None, 0, None
     if method.trains:
         fitter = _fitter(run, task, step_offset)
         run.reporter.task_started(position, len(plan.sequence), spec.name, fitter.steps())
@@ -193,6 +208,8 @@ def _learn_task(run: _Run, position: int, step_offset: int) -> int:
     if run.main:
         save_checkpoint(plan, method, run.backbone, position, run.fingerprint, steps=steps)
         checkpointer.clear()
+    run.costs.train_finished(spec.name, result)
+    run.costs.task_done()
     return steps
 
 

@@ -65,6 +65,15 @@ def _check_test_set_is_empty(path: Path, spec: Any, root: Path, max_samples: int
                         "wrote a batch", hint=hint)
 
 
+def compared_run(resolved: Any) -> dict[str, Any]:
+    """One method's entry of ``prism eval compare``: its rescored matrix, CL metrics and cost columns."""
+    from prism.evaluation.costs import compare_columns
+
+    layout, matrix, summary = rescore(resolved)
+    return {"matrix": matrix, "summary": summary,
+            "costs": compare_columns(read_run_record(layout.results_dir).get("costs"))}
+
+
 def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> dict[str, Path]:
     """Heatmap, per-task line plot and the Markdown report next to the matrix."""
     from prism.evaluation.plots import plot_heatmap, plot_task_curves, run_title
@@ -82,5 +91,6 @@ def write_artifacts(resolved: Any, layout: Any, matrix: Any, summary: dict) -> d
         environment["global_batch_size"] = run.get("global_batch_size")
         environment["fingerprint"] = run.get("fingerprint")
     report = write_report(results / "report.md", config=resolved.to_dict(), environment=environment,
-                          matrix=matrix, summary=summary, images={"heatmap": heatmap, "curves": curves})
+                          matrix=matrix, summary=summary, images={"heatmap": heatmap, "curves": curves},
+                          costs=run.get("costs"))
     return {"heatmap": heatmap, "curves": curves, "report": report}

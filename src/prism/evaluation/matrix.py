@@ -173,18 +173,31 @@ def render_table(matrix: AccuracyMatrix, summary: Mapping[str, Any] | None = Non
 
 
 def render_comparison(runs: Mapping[str, AccuracyMatrix | Mapping[str, Any]],
-                      *, title: str | None = None) -> Table:
-    """Side-by-side CL metrics: one row per method/run (a matrix or its summary)."""
+                      *, title: str | None = None, costs: Mapping[str, Mapping[str, Any]] | None = None) -> Table:
+    """Side-by-side CL metrics: one row per method/run (a matrix or its summary); with ``costs``
+    (method -> prism.evaluation.costs.compare_columns) also what each run cost."""
     from rich.table import Table
+
+    from prism.evaluation.costs import format_bytes
 
     table = Table(title=title)
     table.add_column("method", style="bold")
     for key in ("last", "mft", "maa", "bwt", "forgetting"):
         table.add_column(SHORT_NAMES[key], justify="right")
     table.add_column("tasks", justify="right")
+    if costs is not None:
+        for header in ("train h", "eval h", "device-h", "peak mem"):
+            table.add_column(header, justify="right")
     for name, run in runs.items():
         summary = run.summary() if isinstance(run, AccuracyMatrix) else run
         done = f"{summary.get('rows_present', '?')}/{summary.get('n_tasks', '?')}"
-        table.add_row(name, *(format_score(summary.get(k)) for k in
-                              ("last", "mft", "maa", "bwt", "forgetting")), done)
+        cells = [format_score(summary.get(k)) for k in ("last", "mft", "maa", "bwt", "forgetting")]
+        if costs is not None:
+            cost = costs.get(name, {})
+            hours = [cost.get(k) for k in ("train_hours", "eval_hours", "device_hours")]
+            cells += ["-" if h is None else f"{h:.4f}" for h in hours]
+            if cost.get("device_hours") is not None and cost.get("device_type") == "cuda":
+                cells[-1] += " GPU"
+            cells += [format_bytes(cost.get("peak_memory_bytes"))]
+        table.add_row(name, *cells[:5], done, *cells[5:])
     return table

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from prism.atomic import write_file_atomic
+from prism.evaluation.costs import cost_markdown
 from prism.evaluation.cl_metrics import LABELS, SHORT_NAMES
 from prism.evaluation.matrix import AccuracyMatrix, format_score
 
@@ -42,7 +43,8 @@ def render_report(matrix: AccuracyMatrix, *, summary: Mapping[str, Any] | None =
                   config: Mapping[str, Any] | None = None,
                   environment: Mapping[str, Any] | None = None,
                   images: Mapping[str, PathLike] | None = None,
-                  title: str = "prism run report", base_dir: PathLike | None = None) -> str:
+                  title: str = "prism run report", base_dir: PathLike | None = None,
+                  costs: Mapping[str, Any] | None = None) -> str:
     """The report as Markdown text. ``images`` maps a caption to a PNG path;
     links are made relative to ``base_dir`` (the report's folder) when given."""
     summary = summary if summary is not None else matrix.summary()
@@ -70,6 +72,8 @@ def render_report(matrix: AccuracyMatrix, *, summary: Mapping[str, Any] | None =
                 "| task | routing accuracy |", "|---|---:|"]
         out += [f"| {_escape(name)} | {format_score(value)} |" for name, value in summary["routing_accuracy"].items()]
         out.append("")
+    if costs:
+        out += cost_markdown(costs)
     if images:
         out += ["## Plots", ""]
         for caption, path in images.items():
@@ -83,10 +87,10 @@ def render_report(matrix: AccuracyMatrix, *, summary: Mapping[str, Any] | None =
 def write_report(path: PathLike, matrix: AccuracyMatrix, *, summary: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, environment: Mapping[str, Any] | None = None,
                  images: Mapping[str, PathLike] | None = None,
-                 title: str = "prism run report") -> Path:
+                 title: str = "prism run report", costs: Mapping[str, Any] | None = None) -> Path:
     """Write the Markdown report to ``path`` (image links relative to its folder)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     text = render_report(matrix, summary=summary, config=config, environment=environment,
-                         images=images, title=title, base_dir=target.parent)
+                         images=images, title=title, base_dir=target.parent, costs=costs)
     return write_file_atomic(target, text)
