@@ -47,9 +47,7 @@ def _greedy(backbone, batch) -> torch.Tensor:
 
 
 def _fresh_model_without_cache(backbone):
-    inner = backbone.model.model
-    inner.__dict__.pop("get_image_features", None)
-    inner.__dict__.pop("_prism_feature_cache", None)
+    fc.attach(backbone, "off", None)
 
 
 def test_greedy_answers_identical_and_second_pass_served(backbone, tmp_path):
@@ -123,4 +121,7 @@ def test_unknown_mode_is_a_config_error(backbone):
 
     with pytest.raises(ConfigError):
         fc.attach(backbone, "sometimes", None)
+    cache = fc.attach(backbone, "memory", None)
     assert fc.attach(backbone, "off", None) is None
+    _greedy(backbone, _batch(backbone, n=1))
+    assert cache.encoded == cache.served == 0 and fc.stats_of(backbone) == {"mode": "off"}

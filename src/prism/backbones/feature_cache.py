@@ -190,6 +190,13 @@ def install(model: Any, cache: FeatureCache) -> FeatureCache:
     return cache
 
 
+def uninstall(model: Any) -> None:
+    """Back to transformers' own ``get_image_features``."""
+    inner = getattr(model, "model", model)
+    inner.__dict__.pop("get_image_features", None)
+    inner.__dict__.pop("_prism_feature_cache", None)
+
+
 def _selected_features(inner: Any, pixel_values: torch.Tensor, layer: Any, strategy: Any) -> torch.Tensor:
     """The tower output that feeds the projector: transformers' LlavaModel feature selection."""
     hidden = inner.vision_tower(pixel_values, output_hidden_states=True, return_dict=True).hidden_states
@@ -205,6 +212,8 @@ def attach(backbone: Any, mode: str, output_dir: Path | None) -> FeatureCache | 
 
         raise ConfigError(f"[infer] feature_cache = {mode!r}: expected one of {', '.join(MODES)}")
     if mode == "off":
+        uninstall(backbone.model)
+        backbone.extra.pop("feature_cache", None)
         return None
     disk = Path(output_dir) / DISK_FOLDER if mode == "disk" and output_dir is not None else None
     cache = install(backbone.model, FeatureCache(disk_dir=disk))
