@@ -125,3 +125,23 @@ def test_unknown_mode_is_a_config_error(backbone):
     assert fc.attach(backbone, "off", None) is None
     _greedy(backbone, _batch(backbone, n=1))
     assert cache.encoded == cache.served == 0 and fc.stats_of(backbone) == {"mode": "off"}
+
+
+def test_changed_tower_weights_are_not_served_stale_features(backbone):
+    _fresh_model_without_cache(backbone)
+    batch = _batch(backbone, n=2, seed=3)
+    cache = fc.attach(backbone, "memory", None)
+    _greedy(backbone, batch)
+    weight = next(backbone.model.model.vision_tower.parameters())
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(0.5)  # as an optimizer step on a tower some method trained would
+        changed = _greedy(backbone, batch)
+        assert cache.encoded == 4 and cache.served == 0  # a new fingerprint: encoded again
+        fc.attach(backbone, "off", None)
+        assert torch.equal(_greedy(backbone, batch), changed)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    _fresh_model_without_cache(backbone)

@@ -8,7 +8,9 @@ preprocessed pixel tensor (bytes, shape, dtype: content and preprocessing). The
 projector and the language model still run every time, so adapters on them count.
 
 The cache is used only when no tower parameter requires grad and autograd is off;
-in training it is bypassed. A disk entry whose fingerprint, key, shape or dtype does
+in training it is bypassed. The weights are hashed again whenever a tower tensor changes
+in place (its version counter), so a tower some method trained is never served stale features.
+A disk entry whose fingerprint, key, shape or dtype does
 not match (or that cannot be read) is recomputed and overwritten, never trusted.
 """
 
@@ -138,6 +140,11 @@ class FeatureCache:
                 os.unlink(tmp)
 
 
+def _tensor_versions(tower: torch.nn.Module) -> tuple:
+    """Identity and in-place version of every tensor of the tower: cheap, and changes with its weights."""
+    return tuple((t.data_ptr(), t._version) for t in (*tower.parameters(), *tower.buffers()))
+
+
 def _frozen(tower: torch.nn.Module) -> bool:
     return not torch.is_grad_enabled() and not any(p.requires_grad for p in tower.parameters())
 
@@ -154,7 +161,7 @@ def install(model: Any, cache: FeatureCache) -> FeatureCache:
         inner._prism_feature_cache = cache
         return cache
     original = inner.get_image_features
-    fingerprints: dict[tuple[Any, Any], str] = {}
+    fingerprints: dict[tuple[Any, Any], tuple[tuple, str]] = {}
 
     def get_image_features(pixel_values: torch.Tensor, vision_feature_layer: Any = None,
                            vision_feature_select_strategy: Any = None, **kwargs: Any) -> Any:
@@ -166,9 +173,13 @@ def install(model: Any, cache: FeatureCache) -> FeatureCache:
                 or not _frozen(inner.vision_tower)):
             return original(pixel_values, vision_feature_layer=vision_feature_layer,
                             vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
-        if (layer, strategy) not in fingerprints:  # once per run: the tower is frozen
-            fingerprints[(layer, strategy)] = tower_fingerprint(inner.vision_tower, layer, strategy)
-        fingerprint = fingerprints[(layer, strategy)]
+        # hashing the weights is done again only when a tensor of the tower changed in place
+        # (an optimizer step or load_state_dict bumps its version), e.g. a method that trained it
+        state = _tensor_versions(inner.vision_tower)
+        known = fingerprints.get((layer, strategy))
+        if known is None or known[0] != state:
+            known = fingerprints[(layer, strategy)] = (state, tower_fingerprint(inner.vision_tower, layer, strategy))
+        fingerprint = known[1]
         keys = [pixel_key(p) for p in pixel_values]
         found = [active.get(fingerprint, k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
