@@ -35,3 +35,25 @@ def test_second_evaluation_is_served_from_the_cache_with_identical_answers(share
     layout, _, _ = infer(resolved)
     assert {i: _predictions(layout, i) for i in (0, 1)} == cached
     assert read_run_record(layout.results_dir)["feature_cache"] == {"mode": "off"}
+
+
+def test_disk_cache_serves_a_later_prism_infer(shared_run, tmp_path):
+    from prism.engine.infer import infer
+    from prism.engine.session import plan_run
+
+    project, _, outcome = shared_run("benchmark.tasks='0-1'")
+    cached = {i: _predictions(outcome.layout, i) for i in (0, 1)}
+    project = copy_project(project, tmp_path)
+    resolved = resolve(project, "benchmark.tasks='0-1'", "infer.feature_cache='disk'")
+    layout = plan_run(resolved).layout
+    counts = []
+    for _ in range(2):  # two separate `prism infer` runs, predictions removed in between
+        for i in (0, 1):
+            for p in layout.predictions(i).glob("*.jsonl"):
+                p.unlink()
+        infer(resolved)
+        stats = read_run_record(layout.results_dir)["feature_cache"]
+        counts.append((stats["images_encoded"], stats["images_served"]))
+        assert {i: _predictions(layout, i) for i in (0, 1)} == cached
+    assert counts == [(12, 6), (0, 18)]
+    assert len(list((layout.output_dir / "cache" / "vision_features").rglob("*.safetensors"))) == 12
