@@ -52,6 +52,10 @@ def test_train_infer_eval_ckpt(project):
     inferred = run_cli(["infer", "--tasks", "0-1", *_sets(), "--json"], cwd=project)
     assert inferred.code == 0, str(inferred)
     assert json.loads(inferred.stdout)["matrix"] == data["matrix"]
+    # the predictions were there already: nothing to encode, and the counters say so
+    assert json.loads(inferred.stdout)["feature_cache"] == {
+        "mode": "memory", "images_encoded": 0, "images_served": 0, "disk_entries_rejected": 0,
+        "memory_entries": 0, "memory_bytes": 0}
 
     evaluated = run_cli(["eval", "--tasks", "0-1", *_sets(), "--json"], cwd=project)
     assert evaluated.code == 0, str(evaluated)

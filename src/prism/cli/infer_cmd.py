@@ -50,9 +50,15 @@ def infer(
         layout, matrix, summary = run_infer(resolved, only=ckpt, reporter=reporter, hashes=not no_verify)
     finally:
         reporter.close()
+    from prism.engine.run_record import read_run_record
+
+    cache = read_run_record(layout.results_dir).get("feature_cache")  # this infer's images encoded / served
     print_matrix(console, matrix, summary, title=f"{layout.method} on {layout.benchmark}")
+    if cache and cache.get("mode") != "off":
+        console.print(f"vision features: {cache['images_encoded']} images encoded, "
+                      f"{cache['images_served']} served from the cache")
     if json_:
-        emit_json(result_json(layout, matrix, summary))
+        emit_json({**result_json(layout, matrix, summary), "feature_cache": cache})
 
 
 def precision_flag(precision: str | None, load_8bit: bool, load_4bit: bool) -> str | None:

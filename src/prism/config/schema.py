@@ -292,6 +292,11 @@ class InferConfig(_Table):
         "auto", description="how prism infer loads the model; auto = [backbone] train_precision "
         "(prism train evaluates with the model it trains)",
     )
+    feature_cache: Literal["memory", "disk", "off"] = Field(
+        "memory", description="cache the frozen vision tower's output per test image (keyed by the image's "
+        "pixel hash + the tower's fingerprint), so later matrix rows skip the tower: memory (within a run), "
+        "disk (also under <output>/cache/vision_features, reused by later runs), off",
+    )
 
 
 class PluginsConfig(_Table):

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from prism.backbones.feature_cache import attach as attach_feature_cache
+from prism.backbones.feature_cache import stats_of as feature_cache_stats
 from prism.checkpoint import store
 from prism.engine.evaluate import evaluate_row, load_or_new_matrix, write_summary
 from prism.engine.reporter import Reporter
+from prism.engine.run_record import update_run_record
 from prism.engine.task_checkpoints import restore_checkpoint
 from prism.engine.session import build_method, load_backbone, plan_run, quiet_libraries
 from prism.errors import CheckpointError
@@ -48,6 +51,7 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
     backbone = load_backbone(plan, purpose="infer")  # at [infer] precision
     method = build_method(plan)
     method.attach(backbone)
+    attach_feature_cache(backbone, plan.config.infer.feature_cache, layout.output_dir)
     matrix = load_or_new_matrix(layout, [t.name for t in plan.sequence])
     for position in positions:
         # hashed above; sizes and the method's own needs (its adapters) are checked again here
@@ -55,4 +59,5 @@ def infer(resolved: Any, *, only: list[str] | None = None, reporter: Reporter | 
         evaluate_row(plan, backbone, method, root, position, matrix, reporter)
     summary = write_summary(layout, matrix, joint=bool(method.joint), indices=plan.indices,
                             oracle=bool(plan.config.infer.task_oracle))
+    update_run_record(layout.results_dir, feature_cache=feature_cache_stats(backbone))
     return layout, matrix, summary

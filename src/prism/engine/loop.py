@@ -22,8 +22,10 @@ from prism.engine.accelerator import (deepspeed_run, deepspeed_settings, environ
 from prism.engine.costs import CostTracker
 from prism.engine.evaluate import EvalRanks, evaluate_row, load_or_new_matrix, summarize, write_summary
 from prism.engine.reporter import Reporter
-from prism.engine.run_record import write_run_record
+from prism.engine.run_record import update_run_record, write_run_record
 from prism.engine.seeding import set_seed
+from prism.backbones.feature_cache import attach as attach_feature_cache
+from prism.backbones.feature_cache import stats_of as feature_cache_stats
 from prism.engine.session import RunPlan, build_method, check_run, load_backbone, plan_run, quiet_libraries
 from prism.engine.step_checkpoint import StepCheckpointer
 from prism.engine.task_checkpoints import clear_run, finished_prefix, restore_checkpoint, save_checkpoint, steps_done
@@ -131,6 +133,7 @@ def _attach_backbone(run: _Run) -> None:
     if run.backbone is None:
         run.backbone = load_backbone(run.plan)
     run.method.attach(run.backbone)
+    attach_feature_cache(run.backbone, run.plan.config.infer.feature_cache, run.plan.layout.output_dir)
 
 
 def _record_run(run: _Run) -> None:
@@ -253,6 +256,8 @@ def _close(run: _Run, outcome: TrainOutcome) -> TrainOutcome:
     joint = bool(run.method.joint)
     outcome.summary = write_summary(run.plan.layout, run.matrix, joint=joint, indices=run.plan.indices,
                                     oracle=bool(run.plan.config.infer.task_oracle)) if run.main else summarize(run.matrix, joint=joint)
+    if run.main and run.backbone is not None:
+        update_run_record(run.plan.layout.results_dir, feature_cache=feature_cache_stats(run.backbone))
     if run.deepspeed is not None:
         run.deepspeed.close()
     run.accelerator.end_training()
