@@ -97,7 +97,9 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
                 lines = [_prediction(record, text, spec, model_id, None if routing is None else routing[i],
                                      None if details is None else details[i], rank=rank)
                          for i, (record, text) in enumerate(zip(batch.records, texts))]
-                pred_files.append(write_to, lines)
+                # flushed per batch (a kill loses nothing), synced to disk once per task: a per-batch
+                # fsync is a tiny model's largest fixed cost (docs/performance.md)
+                pred_files.append(write_to, lines, durable=False)
                 done.extend(lines)
                 finished += len(lines)
                 if on_batch is not None:  # the other ranks go at about this rank's pace
@@ -105,6 +107,7 @@ def predict_task(*, backbone: Any, method: Method, spec: TaskSpec, root: Path, r
                              len(records))
         finally:
             batches.close()
+            pred_files.sync(write_to)
     order = {str(r["question_id"]): i for i, r in enumerate(records)}
     return sorted(done, key=lambda r: order.get(str(r["question_id"]), len(order)))
 

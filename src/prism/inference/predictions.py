@@ -53,13 +53,23 @@ def rewrite(path: Path, records: Iterable[dict[str, Any]]) -> None:
     write_file_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def append(path: Path, records: Iterable[dict[str, Any]]) -> None:
+def append(path: Path, records: Iterable[dict[str, Any]], *, durable: bool = True) -> None:
+    """Append lines, flushed to the OS (a killed process loses none of them); ``durable`` also
+    fsyncs them to disk (power loss), which ``sync`` otherwise does once at the end."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            os.fsync(handle.fileno())
+
+
+def sync(path: Path) -> None:
+    """fsync a file appended to without ``durable``."""
+    if path.is_file():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
 
 
 def shard_path(path: Path, rank: int) -> Path:

@@ -15,6 +15,11 @@ class ZeroShot(Method):
     Params = ZeroShotParams
     trains = False
 
+    def attach(self, backbone) -> None:
+        """Nothing is learned: the whole model is frozen (so the frozen-tower feature cache serves it)."""
+        super().attach(backbone)
+        backbone.model.requires_grad_(False)
+
     def inference_mix(self) -> FixedMix:
         """No adapters: the base model answers."""
         return {}
