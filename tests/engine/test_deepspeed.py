@@ -50,6 +50,10 @@ def test_deepspeed_writes_the_single_process_layout(runs, engine, stage, micro, 
     single, (project, result) = runs["single"][0], runs[engine]
     for part in ("checkpoints", "predictions"):
         assert _files(project / "outputs" / part) == _files(single / "outputs" / part)
+    # both ranks generated every task's evaluation, with the weights ZeRO-3 gathered after the fit
+    for path in (project / "outputs" / "predictions").rglob("*.jsonl"):
+        ranks = {json.loads(line)["metadata"]["rank"] for line in path.read_text().splitlines()}
+        assert ranks == {0, 1}, path
     results = project / RESULTS
     launch = json.loads((results / "launch.json").read_text())
     assert launch["backend"] == "deepspeed" and launch["processes"] == 2
