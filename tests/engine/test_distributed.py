@@ -136,3 +136,26 @@ def test_two_processes_count_the_same_samples_and_tokens(runs):
         assert ddp["tasks"][name]["train"]["samples"] == task["train"]["samples"] == 6 * 8
         assert ddp["tasks"][name]["train"]["tokens"] == task["train"]["tokens"] > 0
         assert ddp["tasks"][name]["peak_memory_bytes"] > 0
+
+
+def test_a_method_whose_loss_uses_its_own_modules_takes_the_single_process_steps_under_ddp(tmp_path, synthetic_data):
+    """modal_prompt's loss maps the prompts through its MLP outside the model's forward: under DDP the
+    loss runs inside the wrapped module's forward (LossModule), so DDP sees those parameters used
+    (before: "Expected to mark a variable ready only once"), and 2 processes learn what one does."""
+    from tests.conftest import run_cli
+    from tests.engine.conftest import new_project
+
+    args = ["train", "--tasks", "0", "--method", "modal_prompt", "--set", "train.max_steps=2",
+            "--set", "train.global_batch_size=8", "--set", "benchmark.max_train_samples=16",
+            "--set", "benchmark.max_test_samples=4", "--set", "infer.batch_size=2"]
+    state = "outputs/checkpoints/synthetic/modal_prompt/Task0_llava/prism_state.safetensors"
+    learned = {}
+    for name, extra in (("one", []), ("ddp", ["--nproc", "2"])):
+        (tmp_path / name).mkdir()
+        project = new_project(tmp_path / name, synthetic_data)
+        result = run_cli([*args, *extra], cwd=project, env={"OMP_NUM_THREADS": "1"})
+        assert result.code == 0, str(result)
+        learned[name] = load_file(str(project / state))
+    assert any("mlps" in key for key in learned["one"]) and any("prompts" in key for key in learned["one"])
+    for key, tensor in learned["one"].items():
+        assert (tensor - learned["ddp"][key]).abs().max() < 1e-5, key

@@ -4,7 +4,14 @@ The step loop (``prism.engine.fit``) is the same for both; what differs is confi
 this small interface: wrapping the model and optimizer, running a micro-batch's forward
 and backward, and reading or writing the optimizer state of a step checkpoint. DDP keeps
 a plain AdamW state on every rank; DeepSpeed (``prism.engine.zero``) owns per-rank
-optimizer partitions and computes the loss inside its engine.
+optimizer partitions.
+
+Under DDP and DeepSpeed the wrapped module is a ``LossModule``: the method's forward plan, the
+model and the method's loss all run inside the wrapper's forward. A method whose loss uses its
+own modules outside the model's forward (modal_prompt's MLP mapping prompts into CLIP space)
+would otherwise have those parameters found unused by DDP at the end of the forward and then
+marked ready a second time by the backward ("Expected to mark a variable ready only once").
+One process keeps the plain path (nothing is wrapped there).
 """
 
 from __future__ import annotations
@@ -17,6 +24,21 @@ from prism.engine.forward_plan import TRAIN_STEP, model_inputs, plan_forward
 from prism.engine.seeding import restore_rng
 
 
+class LossModule(torch.nn.Module):
+    """The method's loss on a batch, as one module's forward (what DDP or DeepSpeed wraps)."""
+
+    def __init__(self, model: Any, method: Any, task: Any):
+        super().__init__()
+        self.model = model
+        self.method = method
+        self.task = task
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        plan = plan_forward(self.method, batch, TRAIN_STEP)
+        outputs = self.model(**model_inputs(batch, plan))
+        return self.method.loss(self.task, batch, outputs)
+
+
 class StepBackend:
     """What the step loop asks of a backend (the DDP behaviour is the default)."""
 
@@ -26,7 +48,13 @@ class StepBackend:
     def prepare(self, model: Any, optimizer: Any, *, method: Any, task: Any, micro_batch: int,
                 accumulation: int, max_grad_norm: float | None) -> tuple[Any, Any]:
         """The model and optimizer the step loop drives (wrapped for the processes)."""
+        if self.distributed:
+            return self.accelerator.prepare(LossModule(model, method, task), optimizer)
         return self.accelerator.prepare(model, optimizer)
+
+    @property
+    def distributed(self) -> bool:
+        return self.accelerator.num_processes > 1
 
     def micro_step(self, model: Any, method: Any, task: Any, batch: Any, weight: float, *,
                    last: bool) -> torch.Tensor:
@@ -34,9 +62,12 @@ class StepBackend:
 
         ``last``: the step's final micro-batch (where gradients are synchronised and applied).
         """
-        plan = plan_forward(method, batch, TRAIN_STEP)
-        outputs = model(**model_inputs(batch, plan))
-        loss = method.loss(task, batch, outputs) * weight
+        if self.distributed:
+            loss = model(batch) * weight  # LossModule: plan, model and method.loss inside DDP's forward
+        else:
+            plan = plan_forward(method, batch, TRAIN_STEP)
+            outputs = model(**model_inputs(batch, plan))
+            loss = method.loss(task, batch, outputs) * weight
         self.accelerator.backward(loss)
         return loss
 

@@ -73,28 +73,6 @@ def is_partitioned(param: torch.Tensor) -> bool:
     return hasattr(param, "ds_id")
 
 
-class LossModule(torch.nn.Module):
-    """What the DeepSpeed engine runs: the method's loss on a batch (see the module docstring)."""
-
-    def __init__(self, model: Any, method: Any, task: Any, *, external: list[torch.nn.Parameter] = ()):
-        super().__init__()
-        self.model = model
-        self.method = method
-        self.task = task
-        if external:
-            import deepspeed
-
-            for param in external:
-                deepspeed.zero.register_external_parameter(self, param)
-
-    def forward(self, batch: Any) -> torch.Tensor:
-        from prism.engine.forward_plan import TRAIN_STEP, model_inputs, plan_forward
-
-        plan = plan_forward(self.method, batch, TRAIN_STEP)
-        outputs = self.model(**model_inputs(batch, plan))
-        return self.method.loss(self.task, batch, outputs)
-
-
 class FullParameters:
     """ZeRO-3: the model's parameters held gathered (full, on every rank) between two fits."""
 
@@ -158,14 +136,20 @@ class DeepSpeedRun:
             write_json_atomic(self.record_path, recordable(config))
         return config
 
-    def loss_module(self, model: Any, method: Any, task: Any) -> LossModule:
-        external: list[torch.nn.Parameter] = []
+    def loss_module(self, model: Any, method: Any, task: Any) -> Any:
+        from prism.engine.step_backend import LossModule
+
+        module = LossModule(model, method, task)
         if self.zero_stage == 3:  # what a method's hooks may read besides the model's own forward
+            import deepspeed
+
             adapters = getattr(method, "adapters", None)
             external = adapters.parameters(None, routers=True) if adapters is not None else []
             known = {id(p) for p in external}
             external += [p for p in method.trainable_parameters() if id(p) not in known]
-        return LossModule(model, method, task, external=external)
+            for param in external:
+                deepspeed.zero.register_external_parameter(module, param)
+        return module
 
     def before_prepare(self) -> None:
         self.full.release()
