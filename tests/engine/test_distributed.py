@@ -29,7 +29,7 @@ def test_two_processes_write_the_single_process_layout(runs):
         assert _files(ddp / part) == _files(single / part)
     results = ddp / "results" / "synthetic" / "ewc"
     launch = json.loads((results / "launch.json").read_text())
-    assert launch["processes"] == 2 and "torch.distributed.run" in launch["command"]
+    assert launch["processes"] == 2 and "prism.engine.torchrun" in launch["command"]
     assert launch["arguments"][:2] == ["train", "--tasks"]
     run = json.loads((results / "run.json").read_text())
     assert run["environment"]["world_size"] == 2 and run["global_batch_size"] == 8

@@ -50,7 +50,7 @@ def test_workers_run_python_m_prism_with_the_arguments_in_the_environment():
 
     command, env = launch.launch_command(DistributedConfig(nproc=2), ["train", "-m", "ewc"], Path("/project"),
                                          env={})
-    assert command[-2:] == ["-m", "prism"] and "torch.distributed.run" in command
+    assert command[-2:] == ["-m", "prism"] and "prism.engine.torchrun" in command
     assert json.loads(env[launch.ARGV_ENV]) == ["train", "-m", "ewc"]
 
 
@@ -108,3 +108,20 @@ def test_the_cli_flags_set_the_distributed_keys(tmp_path):
     result = run_cli(["train", "--nnodes", "2", "--node-rank", "3", "--master-addr", "x"], cwd=tmp_path)
     assert result.code == 2 and "node_rank = 3 is not a node of nnodes = 2" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_worker_is_one_line_and_its_exit_code_without_torchruns_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    worker = tmp_path / "worker.py"
+    worker.write_text("import sys\nprint('error: the worker says why', file=sys.stderr)\nsys.exit(3)\n")
+    command = [sys.executable, "-m", "prism.engine.torchrun", "--nnodes=1", f"--master_port={launch.free_port()}",
+               "--nproc_per_node=1", str(worker)]
+    env = {k: v for k, v in os.environ.items() if k != "PRISM_DEBUG"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 3
+    assert "error: the worker says why" in done.stderr
+    assert "worker processes failed: rank 0 (exit code 3)" in done.stderr
+    assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr

@@ -2,7 +2,8 @@
 
 The user types one command; when ``[distributed]`` asks for more than one
 process and this process was not started by a launcher, prism starts
-``python -m torch.distributed.run --nproc_per_node N -m prism <same arguments>``
+``python -m prism.engine.torchrun --nproc_per_node N -m prism <same arguments>`` (torchrun's
+own ``torch.distributed.run``, reporting a failed worker in one line)
 and waits for it. torchrun (not the deepspeed launcher, which does not set
 OMP_NUM_THREADS and oversubscribes small machines) is used for DDP and
 DeepSpeed alike (DeepSpeed even for one process: it needs the rendezvous
@@ -97,7 +98,8 @@ def launch_command(distributed: Any, argv: list[str], project_dir: Path,
     # options (-m, --nproc, ...) for its own
     env[ARGV_ENV] = json.dumps(list(argv))
     port = nodes.master_port or (None if nodes.multinode else free_port())
-    command = [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(port),
+    # prism.engine.torchrun is torch.distributed.run without its traceback when a worker fails
+    command = [sys.executable, "-m", "prism.engine.torchrun", *nodes.torchrun_args(port),
                f"--nproc_per_node={distributed.processes}", "-m", "prism"]
     return command, env
 
