@@ -119,6 +119,14 @@ def test_prepare_never_deletes_a_foreign_folder(tmp_path):
     assert (root / "mine.txt").read_text() == "precious"
 
 
+def test_a_link_to_a_folder_that_is_gone_is_named_not_replaced(tmp_path):
+    root = tmp_path / "data"
+    root.symlink_to(tmp_path / "moved-away", target_is_directory=True)
+    with pytest.raises(DataError, match="symbolic link to .*moved-away, which does not exist"):
+        _bench(root).prepare()
+    assert root.is_symlink()
+
+
 def test_relative_root_is_under_the_project(tmp_path):
     bench = SyntheticBenchmark(SimpleNamespace(root="data/synthetic", seed=0), tmp_path, **SMALL)
     assert bench.prepare() == tmp_path / "data" / "synthetic"

@@ -14,6 +14,7 @@ scoring code runs on them. Generation is deterministic in the seed.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -329,6 +330,9 @@ class SyntheticBenchmark(Benchmark):
         root = self.root
         if self.is_prepared():
             return root
+        if root.is_symlink() and not root.exists():
+            raise DataError(f"{root} is a symbolic link to {os.readlink(root)}, which does not exist",
+                            hint="restore the link's target, or remove the link to generate the benchmark there")
         if root.exists() and read_marker(root) is None and any(root.iterdir()):
             raise DataError(
                 f"{root} exists and is not a prism synthetic benchmark folder (no {MARKER_FILE})",
