@@ -96,14 +96,18 @@ class CostTracker:
         self._started = time.perf_counter()
 
     def eval_finished(self, name: str, prediction_files: list[Path], tokenizer: Any) -> None:
-        """A row's evaluation (rank 0): replaces that row's earlier eval cost if it is re-evaluated."""
+        """A row's evaluation, on every rank (each generated a share: the peak is a max over them); rank 0
+        counts the merged predictions and replaces that row's earlier eval cost if it is re-evaluated."""
         seconds = time.perf_counter() - self._started
+        peak = self._peak()
+        if not self.main:
+            return
         generations, tokens = count_generated(prediction_files, tokenizer)
         entry = self.tasks.setdefault(name, {})
         entry["eval"] = {"seconds": round(seconds, 3), "generations": generations,
                          "samples_per_s": _rate(generations, seconds), "generated_tokens": tokens,
                          "tokens_per_s": _rate(tokens, seconds)}
-        self._record_peak(entry, self._local_peak())
+        self._record_peak(entry, peak)
         self._save()
 
     def task_done(self) -> None:

@@ -172,8 +172,6 @@ def _evaluate_row(run: _Run, position: int) -> None:
     run.costs.eval_started()
     evaluate_row(plan, run.backbone, run.method, run.root, position, run.matrix, run.reporter,
                  EvalRanks.of(run.accelerator))
-    if not run.main:
-        return
     files = [plan.layout.prediction_file(plan.indices[position], s.name) for s in plan.sequence[: position + 1]]
     run.costs.eval_finished(plan.sequence[position].name, files, run.backbone.tokenizer)
 
