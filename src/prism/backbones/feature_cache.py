@@ -17,13 +17,13 @@ not match (or that cannot be read) is recomputed and overwritten, never trusted.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from prism.atomic import write_file_atomic
 
 MODES = ("memory", "disk", "off")
 DISK_FOLDER = Path("cache") / "vision_features"
@@ -123,21 +123,12 @@ class FeatureCache:
         return feature
 
     def _write_disk(self, fingerprint: str, key: str, feature: torch.Tensor) -> None:
-        """Atomic (temporary file + rename), so a kill never leaves a half-written entry under the key."""
-        from safetensors.torch import save_file
+        """Atomic (prism.atomic), so a kill never leaves a half-written entry under the key."""
+        from safetensors.torch import save
 
-        path = self.disk_path(fingerprint, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"fingerprint": fingerprint, "key": key, "shape": str(list(feature.shape)),
                 "dtype": str(feature.dtype)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({_FEATURE: feature}, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_file_atomic(self.disk_path(fingerprint, key), save({_FEATURE: feature}, metadata=meta))
 
 
 def _tensor_versions(tower: torch.nn.Module) -> tuple:
